@@ -1,0 +1,1 @@
+"""Lightning callbacks over clipl.eval (installed as clipl.callbacks)."""
