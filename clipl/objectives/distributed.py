@@ -1,0 +1,125 @@
+"""Differentiable collectives for objectives that see negatives from every rank.
+
+Gradient convention used throughout clipl's objectives: each rank computes its *local* loss L_r
+(its own rows of the global logit matrix), and the backward pass of every collective here
+*sums* the incoming gradients over ranks. With DDP / DeepSpeed then *averaging* parameter
+gradients over the W ranks, every parameter ends up with exactly the gradient of the global loss;
+the arithmetic is written out in :mod:`clipl.objectives.contrastive`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.autograd import Function
+
+ProcessGroup = Optional["dist.ProcessGroup"]
+
+
+def world(group: ProcessGroup = None) -> tuple[int, int]:
+    """(rank, world_size) of ``group``; (0, 1) when torch.distributed is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def check_equal_batch(local_batch: int, device: torch.device, group: ProcessGroup = None) -> None:
+    """Raise a clear error (on every rank) unless all ranks hold ``local_batch`` samples.
+
+    The gathered logit matrix and the rank-offset labels assume equal local batches; unequal ones
+    would silently mislabel pairs or hang inside the collective, so we check first.
+    """
+    _, world_size = world(group)
+    if world_size == 1:
+        return
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
+    dist.all_gather(sizes, torch.tensor([local_batch], dtype=torch.long, device=device), group=group)
+    found = [int(s.item()) for s in sizes]
+    if len(set(found)) != 1:
+        raise ValueError(
+            f"distributed objectives need the same local batch size on every rank, got {found} "
+            "(per rank). Drop the last incomplete batch (data `drop_last`) or make every rank run "
+            "the same number of samples per step."
+        )
+
+
+def _gather_cat(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    _, world_size = world(group)
+    out = torch.empty((world_size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+    if dist.get_backend(group) == dist.Backend.GLOO:
+        # gloo has no all_gather_into_tensor; the list form writes into views of `out`.
+        dist.all_gather(list(out.chunk(world_size)), x, group=group)
+    else:
+        dist.all_gather_into_tensor(out, x, group=group)
+    return out
+
+
+class _AllGatherWithGrad(Function):
+    """Concatenate ``x`` from every rank along dim 0; backward sums gradients over ranks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        ctx.rank, ctx.world_size = world(group)
+        return _gather_cat(x.contiguous(), group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        n = grad.shape[0] // ctx.world_size
+        if dist.get_backend(ctx.group) == dist.Backend.GLOO:
+            # gloo lacks reduce_scatter: all-reduce the whole gradient, keep our slice (W x traffic,
+            # fine for the CPU backend).
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+            return grad[ctx.rank * n : (ctx.rank + 1) * n].clone(), None
+        out = torch.empty((n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+        dist.reduce_scatter_tensor(out, grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
+def all_gather_with_grad(x: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
+    """(W * B, ...) concatenation of every rank's ``x`` (B, ...), in rank order, with gradients.
+
+    The backward pass returns to each rank the *sum* over ranks of the gradients flowing into its
+    slice (a reduce-scatter). Returns ``x`` itself when not distributed.
+    """
+    if world(group)[1] == 1:
+        return x
+    return _AllGatherWithGrad.apply(x, group)
+
+
+def _exchange(send: torch.Tensor, to_rank: int, from_rank: int, group: ProcessGroup) -> torch.Tensor:
+    """Send ``send`` to ``to_rank`` while receiving an equally shaped tensor from ``from_rank``."""
+    recv = torch.empty_like(send)
+    ops = [
+        dist.P2POp(dist.isend, send, dist.get_global_rank(group, to_rank) if group else to_rank, group),
+        dist.P2POp(dist.irecv, recv, dist.get_global_rank(group, from_rank) if group else from_rank, group),
+    ]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return recv
+
+
+class _RingShiftWithGrad(Function):
+    """Receive the left neighbour's tensor (sending ours right); backward sends gradients back left."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+        rank, world_size = world(group)
+        ctx.group, ctx.left, ctx.right = group, (rank - 1) % world_size, (rank + 1) % world_size
+        return _exchange(x.contiguous(), ctx.right, ctx.left, group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # Our output came from the left rank, so its gradient belongs there; the gradient for the
+        # tensor we sent right arrives from the right rank.
+        return _exchange(grad.contiguous(), ctx.left, ctx.right, ctx.group), None
+
+
+def ring_shift_with_grad(x: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
+    """The tensor held by rank ``(rank - 1) % W``, differentiably (ours goes to ``rank + 1``)."""
+    if world(group)[1] == 1:
+        return x
+    return _RingShiftWithGrad.apply(x, group)

@@ -1,0 +1,104 @@
+"""SigLIP's pairwise sigmoid objective (Zhai et al. 2023) with a ring exchange across ranks.
+
+For a global batch of B_g pairs, with z_ij = +1 on matching pairs and -1 elsewhere:
+
+    L_global = -1/B_g * sum_{i,j} log sigmoid(z_ij * (t * x_i . y_j + b)),   t = exp(logit_scale)
+
+Rank r computes L_r = -1/B * sum_{i in r, all j} (...) one block of B x B logits at a time: its own
+texts first (the only block with positives), then W - 1 blocks of negatives, each block's texts
+received from the left neighbour while its own go right. The B_g x B_g matrix never exists.
+mean_r L_r = L_global, and with the ring's backward sending gradients back along the ring (summing
+over ranks) and DDP averaging, gradients equal those of L_global; the arithmetic is the same as for
+the contrastive loss (see clipl.objectives.contrastive).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipl.objectives.contrastive import effective_logit_scale
+from clipl.objectives.distributed import check_equal_batch, ring_shift_with_grad, world
+from clipl.objectives.registry import ObjectiveConfig, register_objective
+
+
+@dataclass
+class SigLipLossConfig(ObjectiveConfig):
+    """Sigmoid loss over all image-text pairs with a learnable bias (SigLIP)."""
+
+    name: str = "siglip"
+    """Registered objective name."""
+    init_logit_scale: float = math.log(10.0)
+    """Initial log inverse temperature: ln(10), as in the SigLIP paper."""
+    init_logit_bias: Optional[float] = -10.0
+    """Initial logit bias: -10, so that the many negatives start with a small loss."""
+    max_logit_scale: Optional[float] = None
+    """SigLIP does not clip its temperature (trained models end above 100); set to bound it."""
+
+
+def _block_loss(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, positives: bool
+) -> torch.Tensor:
+    """-sum log sigmoid(z * logits) over one B x B block, with positives on the diagonal if any."""
+    logits = scale * image @ text.T + bias
+    if positives:
+        # z = 2 * eye - 1: +1 on the diagonal, -1 elsewhere.
+        signs = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
+        return -F.logsigmoid(signs * logits).sum()
+    return -F.logsigmoid(-logits).sum()
+
+
+@register_objective("siglip", config=SigLipLossConfig)
+class SigLipLoss(nn.Module):
+    """``loss = SigLipLoss(cfg)(image_features, text_features, logit_scale, logit_bias)``, fp32.
+
+    Features are L2-normalised (B_local, D); ``logit_scale`` is the raw log inverse temperature
+    and ``logit_bias`` the learnable bias. Under torch.distributed, texts travel around the ring.
+    """
+
+    uses_logit_bias = True
+
+    def __init__(self, cfg: Optional[SigLipLossConfig] = None, group=None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else SigLipLossConfig()
+        self.group = group
+        """Process group whose ranks share negatives; None: the default (world) group."""
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if logit_bias is None:
+            raise ValueError(
+                "SigLipLoss needs a logit_bias; build the model with init_logit_bias set "
+                "(SigLipLossConfig.init_logit_bias, -10 by default)"
+            )
+        if image_features.shape != text_features.shape or image_features.ndim != 2:
+            raise ValueError(
+                "image_features and text_features must both be (B, D), got "
+                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
+            )
+        image = image_features.float()
+        text = text_features.float()
+        scale = effective_logit_scale(logit_scale, self.cfg.max_logit_scale)
+        bias = torch.as_tensor(logit_bias).float()
+        batch = image.shape[0]
+        _, world_size = world(self.group)
+        total = _block_loss(image, text, scale, bias, positives=True)
+        if world_size > 1:
+            if self.cfg.check_batch_sizes:
+                check_equal_batch(batch, image.device, self.group)
+            neighbour_text = text
+            # After k shifts we hold the texts of rank (rank - k) % W; W - 1 shifts visit them all.
+            for _ in range(world_size - 1):
+                neighbour_text = ring_shift_with_grad(neighbour_text, self.group)
+                total = total + _block_loss(image, neighbour_text, scale, bias, positives=False)
+        return total / batch
