@@ -1,0 +1,142 @@
+"""DeepSpeed ZeRO configuration built from the typed TrainerConfig.
+
+DeepSpeed is an optional extra: nothing here imports it until an optimizer class is asked for, so the
+config can be built and tested as plain data on any machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from clipl.trainer import TrainerConfig
+
+
+@dataclass
+class DeepSpeedOptions:
+    """Advanced DeepSpeed knobs; the common ones (stage, offload) live on TrainerConfig."""
+
+    reduce_bucket_size: int = 200_000_000
+    """Elements reduced per gradient bucket (ZeRO 1-3); larger buckets overlap better, cost memory."""
+    allgather_bucket_size: int = 200_000_000
+    """Elements all-gathered per parameter bucket after the step (ZeRO 1-2)."""
+    overlap_comm: bool = True
+    """Overlap gradient reduction with the backward pass."""
+    contiguous_gradients: bool = True
+    """Copy gradients into one contiguous buffer as they are produced (avoids fragmentation)."""
+    stage3_prefetch_bucket_size: int = 50_000_000
+    """ZeRO-3: elements of parameters prefetched ahead of use."""
+    stage3_param_persistence_threshold: int = 100_000
+    """ZeRO-3: parameters smaller than this stay unpartitioned (norms, biases: cheap, avoids latency)."""
+    stage3_max_live_parameters: int = 1_000_000_000
+    """ZeRO-3: most gathered parameter elements alive at once on a GPU."""
+    initial_scale_power: int = 16
+    """16-mixed: the dynamic loss scale starts at 2**initial_scale_power."""
+    loss_scale_window: int = 1000
+    """16-mixed: steps without overflow before the loss scale is raised."""
+    hysteresis: int = 2
+    """16-mixed: overflows tolerated before the loss scale is lowered."""
+    min_loss_scale: float = 1.0
+    """16-mixed: the loss scale never drops below this."""
+    steps_per_print: int = 1_000_000_000
+    """DeepSpeed's own progress print interval; effectively off, Lightning's loggers report instead."""
+
+
+def deepspeed_config(cfg: "TrainerConfig", micro_batch_size: int, accumulate: int) -> dict[str, Any]:
+    """A complete DeepSpeed config dict for ``cfg`` (as for ``deepspeed.initialize``).
+
+    ``train_micro_batch_size_per_gpu`` is always explicit: Lightning cannot infer it from iterable
+    loaders (Lightning issue #19460) and would silently fall back to 1.
+    """
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    if accumulate < 1:
+        raise ValueError(f"accumulate (gradient accumulation steps) must be >= 1, got {accumulate}")
+    if cfg.zero_stage not in (1, 2, 3):
+        raise ValueError(f"trainer.zero_stage must be 1, 2 or 3, got {cfg.zero_stage}")
+    opts = cfg.deepspeed
+    zero: dict[str, Any] = {
+        "stage": cfg.zero_stage,
+        "overlap_comm": opts.overlap_comm,
+        "contiguous_gradients": opts.contiguous_gradients,
+        "reduce_bucket_size": opts.reduce_bucket_size,
+    }
+    if cfg.zero_stage < 3:
+        zero.update(
+            allgather_partitions=True,
+            allgather_bucket_size=opts.allgather_bucket_size,
+            reduce_scatter=True,
+        )
+    else:
+        zero.update(
+            stage3_prefetch_bucket_size=opts.stage3_prefetch_bucket_size,
+            stage3_param_persistence_threshold=opts.stage3_param_persistence_threshold,
+            stage3_max_live_parameters=opts.stage3_max_live_parameters,
+            # Checkpoints stay sharded; clipl.distributed.convert consolidates them offline in fp32.
+            stage3_gather_16bit_weights_on_model_save=False,
+        )
+    if cfg.offload_optimizer:
+        # Pinned host memory makes the per-step host<->device copies of gradients/weights asynchronous.
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if cfg.offload_params:
+        if cfg.zero_stage != 3:
+            raise ValueError("trainer.offload_params needs trainer.zero_stage=3 (only ZeRO-3 partitions parameters)")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": int(micro_batch_size),
+        "gradient_accumulation_steps": int(accumulate),
+        # 0.0 disables clipping in DeepSpeed; it clips the global norm over all partitions.
+        "gradient_clipping": float(cfg.gradient_clip_val or 0.0),
+        # clipl passes its own AdamW (or DeepSpeedCPUAdam); DeepSpeed otherwise refuses non-DS optimizers.
+        "zero_allow_untested_optimizer": True,
+        "zero_optimization": zero,
+        "steps_per_print": opts.steps_per_print,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.precision in ("bf16-mixed", "bf16-true"):
+        # DeepSpeed keeps fp32 master weights in the (partitioned) optimizer state for bf16.
+        config["bf16"] = {"enabled": True}
+    elif cfg.precision == "16-mixed":
+        config["fp16"] = {
+            "enabled": True,
+            "loss_scale": 0,  # 0 selects dynamic loss scaling
+            "initial_scale_power": opts.initial_scale_power,
+            "loss_scale_window": opts.loss_scale_window,
+            "hysteresis": opts.hysteresis,
+            "min_loss_scale": opts.min_loss_scale,
+        }
+    elif cfg.precision != "32-true":
+        raise ValueError(f"trainer.precision {cfg.precision!r} has no DeepSpeed mapping")
+    return config
+
+
+def lightning_deepspeed_config(cfg: "TrainerConfig", micro_batch_size: int, accumulate: int) -> dict[str, Any]:
+    """The config for Lightning's DeepSpeedStrategy: as :func:`deepspeed_config`, minus the keys Lightning owns.
+
+    Lightning writes ``gradient_accumulation_steps`` from ``Trainer(accumulate_grad_batches)`` and
+    raises if the config already has it; build_trainer passes the same ``accumulate`` there.
+    """
+    config = deepspeed_config(cfg, micro_batch_size, accumulate)
+    del config["gradient_accumulation_steps"]
+    return config
+
+
+def optimizer_class_for(cfg: "TrainerConfig") -> type[torch.optim.Optimizer]:
+    """The AdamW implementation to use: DeepSpeedCPUAdam (AdamW mode) when the optimizer is offloaded.
+
+    DeepSpeedCPUAdam takes lr, betas, eps, weight_decay and param groups like torch's AdamW, but not
+    ``fused``/``foreach``: pass those only to torch.optim.AdamW.
+    """
+    if cfg.strategy == "deepspeed" and cfg.offload_optimizer:
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+        except ImportError as e:  # pragma: no cover - depends on the optional extra
+            raise ImportError(
+                "trainer.offload_optimizer=true needs DeepSpeed: pip install 'clipl[deepspeed]'"
+            ) from e
+        return DeepSpeedCPUAdam
+    return torch.optim.AdamW

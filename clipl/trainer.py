@@ -1,0 +1,380 @@
+"""The Lightning Trainer from a typed config: strategy (auto/DDP/DeepSpeed ZeRO), precision, batching.
+
+Combinations are validated before anything is built, with messages naming the offending field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from clipl.distributed.deepspeed import DeepSpeedOptions, lightning_deepspeed_config
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+@dataclass
+class TrainerConfig:
+    """Hardware, strategy, precision and loop length of a run (maps onto lightning.Trainer)."""
+
+    accelerator: str = "auto"
+    """'auto', 'cpu', 'gpu' or 'cuda'."""
+    devices: str = "auto"
+    """Devices per node: 'auto', a count ('2'; '-1' = all GPUs) or comma-separated indices ('0,1')."""
+    num_nodes: int = 1
+    """Number of machines; the world size is devices x num_nodes."""
+    strategy: str = "auto"
+    """'auto' (Lightning picks: single device, or DDP for several), 'ddp' or 'deepspeed' (ZeRO)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also parameters."""
+    offload_optimizer: bool = False
+    """DeepSpeed only: keep optimizer states in host memory and step them with DeepSpeedCPUAdam."""
+    offload_params: bool = False
+    """DeepSpeed ZeRO-3 only: keep partitioned parameters in host memory."""
+    deepspeed: DeepSpeedOptions = field(default_factory=DeepSpeedOptions)
+    """Advanced DeepSpeed settings (bucket sizes, fp16 loss scaling)."""
+    precision: str = "32-true"
+    """'32-true', 'bf16-mixed', '16-mixed' (fp16 with dynamic loss scaling; CUDA only) or 'bf16-true'."""
+    max_steps: int = -1
+    """Optimizer steps to train for; -1 = no limit (then max_epochs bounds the run)."""
+    max_epochs: Optional[int] = None
+    """Epochs to train for; None = no limit besides max_steps (Lightning: 1000 if both unset)."""
+    global_batch_size: Optional[int] = None
+    """Samples per optimizer step over all ranks; if set, per-device batch and accumulation are derived."""
+    accumulate_grad_batches: int = 1
+    """Micro-batches accumulated per optimizer step (ignored in favour of global_batch_size when set)."""
+    gradient_clip_val: Optional[float] = None
+    """Clip the global gradient norm to this value; None = no clipping."""
+    log_every_n_steps: int = 50
+    """Logging interval in training steps."""
+    val_check_interval: float = 1.0
+    """<= 1.0: fraction of an epoch between validations; > 1: validate every that many training batches."""
+    check_val_every_n_epoch: Optional[int] = 1
+    """Validate every N epochs; None lets an integer val_check_interval count across epoch ends."""
+    limit_train_batches: float = 1.0
+    """<= 1.0: fraction of the training epoch; > 1: that many batches per epoch."""
+    limit_val_batches: float = 1.0
+    """<= 1.0: fraction of the validation set; > 1: that many batches."""
+    num_sanity_val_steps: int = 0
+    """Validation batches run before training starts (0 = none)."""
+    deterministic: bool = False
+    """Use deterministic algorithms (slower; some CUDA ops raise if they have no deterministic form)."""
+    compile: bool = False
+    """torch.compile the image and text towers (in place, so state-dict keys are unchanged)."""
+    channels_last: bool = False
+    """Store the image tower's weights channels-last (faster convolutions on tensor cores)."""
+    sync_batchnorm: bool = False
+    """Synchronise BatchNorm statistics across ranks (ResNet towers with small per-device batches)."""
+    find_unused_parameters: bool = False
+    """DDP: search for parameters without gradients each step (needed if some trainable ones go unused)."""
+    ddp_static_graph: bool = False
+    """DDP: promise the set of used parameters never changes (enables extra optimisations)."""
+    ddp_bucket_cap_mb: int = 25
+    """DDP: gradient all-reduce bucket size in MiB."""
+    process_group_backend: Optional[str] = None
+    """torch.distributed backend ('nccl', 'gloo'); None = nccl on CUDA, gloo on CPU."""
+    dist_timeout_s: int = 1800
+    """Seconds a collective may wait before the process group times out."""
+    enable_progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    enable_model_summary: bool = True
+    """Print the parameter summary at the start of fit."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field for any invalid value or combination."""
+        _check(self.accelerator in ACCELERATORS, "accelerator", self.accelerator, f"one of {ACCELERATORS}")
+        parse_devices(self.devices)
+        _check(self.num_nodes >= 1, "num_nodes", self.num_nodes, "an integer >= 1")
+        _check(self.strategy in _STRATEGIES, "strategy", self.strategy, f"one of {tuple(_STRATEGIES)}")
+        _check(self.zero_stage in (1, 2, 3), "zero_stage", self.zero_stage, "1, 2 or 3")
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
+        if self.strategy != "deepspeed":
+            for name in ("offload_optimizer", "offload_params"):
+                if getattr(self, name):
+                    raise ValueError(f"trainer.{name}=true needs trainer.strategy=deepspeed (got {self.strategy!r})")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(
+                f"trainer.offload_params=true needs trainer.zero_stage=3 (got {self.zero_stage}); "
+                "only ZeRO-3 partitions parameters, so only it can offload them"
+            )
+        if self.strategy == "deepspeed" and self.accelerator == "cpu":
+            raise ValueError(
+                "trainer.strategy=deepspeed cannot run with trainer.accelerator=cpu: Lightning's DeepSpeedStrategy "
+                "supports CUDA GPUs only. Use strategy=auto or ddp on CPU."
+            )
+        if self.precision == "16-mixed" and self.accelerator == "cpu":
+            raise ValueError(
+                "trainer.precision=16-mixed (fp16 AMP with loss scaling) needs a CUDA GPU; use bf16-mixed on CPU"
+            )
+        _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "-1 or >= 1")
+        _check(self.max_epochs is None or self.max_epochs >= 1, "max_epochs", self.max_epochs, "None or >= 1")
+        if self.global_batch_size is not None:
+            _check(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size, "None or >= 1")
+            if self.accumulate_grad_batches != 1:
+                raise ValueError(
+                    "set either trainer.global_batch_size (accumulation is derived from it) or "
+                    f"trainer.accumulate_grad_batches (got {self.accumulate_grad_batches}), not both"
+                )
+        _check(self.accumulate_grad_batches >= 1, "accumulate_grad_batches", self.accumulate_grad_batches, ">= 1")
+        if self.gradient_clip_val is not None:
+            _check(self.gradient_clip_val > 0, "gradient_clip_val", self.gradient_clip_val, "None or > 0")
+        _check(self.log_every_n_steps >= 1, "log_every_n_steps", self.log_every_n_steps, ">= 1")
+        for name in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
+            _fraction_or_count(name, getattr(self, name))
+        if self.check_val_every_n_epoch is not None:
+            _check(self.check_val_every_n_epoch >= 1, "check_val_every_n_epoch", self.check_val_every_n_epoch,
+                   "None or >= 1")
+        _check(self.num_sanity_val_steps >= -1, "num_sanity_val_steps", self.num_sanity_val_steps, ">= -1")
+        _check(self.ddp_bucket_cap_mb >= 1, "ddp_bucket_cap_mb", self.ddp_bucket_cap_mb, ">= 1")
+        _check(self.dist_timeout_s >= 1, "dist_timeout_s", self.dist_timeout_s, ">= 1")
+        if self.process_group_backend is not None:
+            _check(self.process_group_backend in ("nccl", "gloo", "mpi"), "process_group_backend",
+                   self.process_group_backend, "None, 'nccl', 'gloo' or 'mpi'")
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"trainer.{name} must be {expected}, got {value!r}")
+
+
+def _fraction_or_count(name: str, value: float) -> Union[int, float]:
+    """Lightning's convention: a float <= 1 is a fraction, an integer > 1 a batch count."""
+    if value <= 0:
+        raise ValueError(f"trainer.{name} must be > 0 (a fraction <= 1.0 or a batch count > 1), got {value!r}")
+    if value <= 1.0:
+        return float(value)
+    if value != int(value):
+        raise ValueError(f"trainer.{name} above 1 counts batches and must be a whole number, got {value!r}")
+    return int(value)
+
+
+def parse_devices(devices: Union[str, int, list]) -> Union[str, int, list[int]]:
+    """'auto' -> 'auto'; '2' or 2 -> 2; '-1' -> -1 (all); '0,1' or [0, 1] -> [0, 1]."""
+    if isinstance(devices, bool):
+        raise ValueError(f"trainer.devices must be 'auto', a count or indices like '0,1', got {devices!r}")
+    if isinstance(devices, int):
+        value: Union[str, int, list[int]] = devices
+    elif isinstance(devices, (list, tuple)):
+        value = [int(d) for d in devices]
+    else:
+        text = str(devices).strip()
+        try:
+            if text == "auto":
+                value = "auto"
+            elif "," in text:
+                value = [int(d) for d in text.split(",") if d.strip()]
+            else:
+                value = int(text)
+        except ValueError:
+            raise ValueError(
+                f"trainer.devices must be 'auto', a count ('2', '-1' = all) or indices like '0,1', got {devices!r}"
+            ) from None
+    if isinstance(value, int) and (value == 0 or value < -1):
+        raise ValueError(f"trainer.devices must be >= 1 or -1 (all), got {devices!r}")
+    if isinstance(value, list) and (not value or min(value) < 0 or len(set(value)) != len(value)):
+        raise ValueError(f"trainer.devices indices must be distinct and >= 0, got {devices!r}")
+    return value
+
+
+def _uses_cuda(cfg: TrainerConfig) -> bool:
+    if cfg.accelerator == "cpu":
+        return False
+    return cfg.accelerator in ("gpu", "cuda") or torch.cuda.is_available()
+
+
+def world_size(cfg: TrainerConfig) -> int:
+    """devices x num_nodes, with 'auto'/-1 resolved as Lightning does (all GPUs, or 1 CPU process)."""
+    devices = parse_devices(cfg.devices)
+    if isinstance(devices, list):
+        per_node = len(devices)
+    elif devices in ("auto", -1):
+        per_node = max(torch.cuda.device_count(), 1) if _uses_cuda(cfg) else 1
+    else:
+        per_node = devices
+    return per_node * cfg.num_nodes
+
+
+def resolve_batch(global_batch: int, per_device_max: int, world_size: int) -> tuple[int, int]:
+    """(per_device, accumulate) with per_device x accumulate x world_size == global_batch.
+
+    Uses the fewest accumulation steps whose per-device batch fits in ``per_device_max``.
+    """
+    if global_batch < 1 or per_device_max < 1 or world_size < 1:
+        raise ValueError(
+            f"global batch ({global_batch}), per-device max ({per_device_max}) and world size ({world_size}) "
+            "must all be >= 1"
+        )
+    if global_batch % world_size:
+        raise ValueError(
+            f"trainer.global_batch_size={global_batch} is not divisible by the world size {world_size} "
+            f"(devices x num_nodes); use a multiple of {world_size}, e.g. {_round_up(global_batch, world_size)}"
+        )
+    local = global_batch // world_size
+    fits = lambda a: local % a == 0 and local // a <= per_device_max  # noqa: E731
+    accumulate = next(a for a in range(math.ceil(local / per_device_max), local + 1) if fits(a))
+    per_device = local // accumulate
+    # A prime-ish local batch would "fit" only with tiny micro-batches and huge accumulation: refuse.
+    if accumulate > 1 and per_device * 2 < per_device_max:
+        step = world_size * per_device_max
+        raise ValueError(
+            f"trainer.global_batch_size={global_batch} over {world_size} rank(s) with a per-device maximum of "
+            f"{per_device_max} only splits into micro-batches of {per_device} x {accumulate} accumulation steps; "
+            f"use a multiple of {step} (e.g. {_round_up(global_batch, step)}) or change the per-device batch size"
+        )
+    return per_device, accumulate
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def accumulation_for(cfg: TrainerConfig, micro_batch_size: int) -> int:
+    """Gradient accumulation steps: derived from global_batch_size if set, else accumulate_grad_batches."""
+    if cfg.global_batch_size is None:
+        return cfg.accumulate_grad_batches
+    ws = world_size(cfg)
+    per_step = micro_batch_size * ws
+    if cfg.global_batch_size % per_step:
+        raise ValueError(
+            f"trainer.global_batch_size={cfg.global_batch_size} is not a multiple of micro_batch_size "
+            f"({micro_batch_size}) x world size ({ws}); derive the loader batch with clipl.trainer.resolve_batch"
+        )
+    return cfg.global_batch_size // per_step
+
+
+# Strategy registry: name -> builder(cfg, micro_batch_size, accumulate) returning a Lightning strategy
+# (or the string Lightning resolves itself).
+_STRATEGIES: dict[str, Callable[[TrainerConfig, int, int], Any]] = {}
+
+
+def register_strategy(name: str) -> Callable:
+    """Register ``builder(cfg, micro_batch_size, accumulate)`` under ``trainer.strategy=name``."""
+
+    def deco(fn: Callable[[TrainerConfig, int, int], Any]) -> Callable[[TrainerConfig, int, int], Any]:
+        _STRATEGIES[name] = fn
+        return fn
+
+    return deco
+
+
+@register_strategy("auto")
+def _auto_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> Any:
+    # One process: Lightning's single-device strategy. Several: the same DDP settings as 'ddp'.
+    return _ddp_strategy(cfg, micro_batch_size, accumulate) if world_size(cfg) > 1 else "auto"
+
+
+@register_strategy("ddp")
+def _ddp_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> Any:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(
+        find_unused_parameters=cfg.find_unused_parameters,
+        static_graph=cfg.ddp_static_graph,
+        bucket_cap_mb=cfg.ddp_bucket_cap_mb,
+        # Gradients alias the all-reduce buckets: saves one copy of all gradients.
+        gradient_as_bucket_view=True,
+        process_group_backend=cfg.process_group_backend,
+        timeout=timedelta(seconds=cfg.dist_timeout_s),
+    )
+
+
+@register_strategy("deepspeed")
+def _deepspeed_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> Any:
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(
+        config=lightning_deepspeed_config(cfg, micro_batch_size, accumulate),
+        process_group_backend=cfg.process_group_backend,
+        timeout=timedelta(seconds=cfg.dist_timeout_s),
+    )
+
+
+def build_trainer(
+    cfg: TrainerConfig,
+    *,
+    micro_batch_size: int,
+    out_dir: str,
+    callbacks: list,
+    loggers: Union[list, bool],
+    plugins: Optional[list] = None,
+):
+    """A lightning.Trainer for ``cfg``; ``micro_batch_size`` is the per-device loader batch size."""
+    import lightning as L
+
+    cfg.validate()
+    if cfg.strategy == "deepspeed" and not _uses_cuda(cfg):
+        raise ValueError(
+            "trainer.strategy=deepspeed needs CUDA GPUs and none is available: Lightning's DeepSpeedStrategy "
+            "refuses other accelerators. Use trainer.strategy=auto or ddp here."
+        )
+    if cfg.precision == "16-mixed" and not _uses_cuda(cfg):
+        raise ValueError("trainer.precision=16-mixed needs a CUDA GPU and none is available; use bf16-mixed")
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    accumulate = accumulation_for(cfg, micro_batch_size)
+    deepspeed = cfg.strategy == "deepspeed"
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=parse_devices(cfg.devices),
+        num_nodes=cfg.num_nodes,
+        strategy=_STRATEGIES[cfg.strategy](cfg, micro_batch_size, accumulate),
+        precision=cfg.precision,
+        max_steps=cfg.max_steps,
+        max_epochs=cfg.max_epochs,
+        accumulate_grad_batches=accumulate,
+        # DeepSpeed clips inside its engine (gradient_clipping in its config): Lightning's clipping is a
+        # no-op there, so the value is given to DeepSpeed only.
+        gradient_clip_val=None if deepspeed else cfg.gradient_clip_val,
+        gradient_clip_algorithm=None if deepspeed or cfg.gradient_clip_val is None else "norm",
+        log_every_n_steps=cfg.log_every_n_steps,
+        val_check_interval=_fraction_or_count("val_check_interval", cfg.val_check_interval),
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        limit_train_batches=_fraction_or_count("limit_train_batches", cfg.limit_train_batches),
+        limit_val_batches=_fraction_or_count("limit_val_batches", cfg.limit_val_batches),
+        num_sanity_val_steps=cfg.num_sanity_val_steps,
+        deterministic=cfg.deterministic,
+        sync_batchnorm=cfg.sync_batchnorm,
+        enable_progress_bar=cfg.enable_progress_bar,
+        enable_model_summary=cfg.enable_model_summary,
+        default_root_dir=str(out_dir),
+        callbacks=list(callbacks),
+        logger=loggers,
+        plugins=plugins,
+    )
+    expected = world_size(cfg)
+    if trainer.world_size != expected:
+        # e.g. torchrun/SLURM launched a different number of processes than devices x num_nodes.
+        raise ValueError(
+            f"the launcher started {trainer.world_size} process(es) but trainer.devices x trainer.num_nodes "
+            f"gives {expected}; set trainer.devices/num_nodes to match the launcher (global batch maths uses them)"
+        )
+    return trainer
+
+
+def apply_model_switches(model: nn.Module, cfg: TrainerConfig) -> nn.Module:
+    """Apply ``channels_last`` and ``compile`` to a CLIPModel's towers, in place (keys unchanged)."""
+    towers = [model.visual] if hasattr(model, "visual") else []
+    # The OpenAI text transformer sits at the model's top level (OpenAI key layout); others under `text`.
+    text = getattr(model, "text", None)
+    text = text if isinstance(text, nn.Module) else getattr(model, "transformer", None)
+    if isinstance(text, nn.Module):
+        towers.append(text)
+    if cfg.channels_last and towers:
+        towers[0].to(memory_format=torch.channels_last)
+    if cfg.compile:
+        if not towers:
+            raise ValueError("trainer.compile=true needs a model with a `visual` tower")
+        # nn.Module.compile compiles forward in place; torch.compile(module) would wrap it and prefix
+        # every state-dict key with `_orig_mod.`, breaking OpenAI-layout checkpoints.
+        for tower in towers:
+            tower.compile()
+    return model
