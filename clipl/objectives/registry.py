@@ -95,7 +95,7 @@ def objective_config_class(name: str) -> type:
     return _lookup(name)[0]
 
 
-def objective_config(name: str, **overrides) -> ObjectiveConfig:
+def objective_config(name: str, /, **overrides) -> ObjectiveConfig:
     """A default config instance of objective ``name`` (fields replaced by ``overrides``)."""
     config_cls = _lookup(name)[0]
     valid = {f.name for f in fields(config_cls)}
