@@ -1,0 +1,104 @@
+"""Checkpoints in the run directory: periodic saving, pre-emption saves, and finding where to resume.
+
+Layout: <out_dir>/checkpoints/step=000001000.ckpt (periodic, the newest ``keep_last`` kept),
+epoch=0003-step=000004000.ckpt (end of epoch) and preempt-step=....ckpt (written on SIGTERM).
+A checkpoint cut short by a kill (truncated zip) is skipped with a warning, never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zipfile
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from clipl.config.schema import CheckpointConfig
+
+log = logging.getLogger(__name__)
+_STEP = re.compile(r"step=(\d+)")
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def checkpoint_callbacks(cfg: CheckpointConfig, out_dir: str | Path) -> list[L.Callback]:
+    """ModelCheckpoint callbacks: every N steps (newest ``keep_last``) and at each epoch end."""
+    dirpath = checkpoint_dir(out_dir)
+    periodic = ModelCheckpoint(
+        dirpath=dirpath,
+        filename="step={step:09d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg.every_n_steps,
+        save_top_k=cfg.keep_last,
+        monitor="step",  # keep the newest, not the "best"
+        mode="max",
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [periodic]
+    if cfg.save_on_epoch_end:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=dirpath,
+                filename="epoch={epoch:04d}-step={step:09d}",
+                auto_insert_metric_name=False,
+                every_n_epochs=1,
+                save_top_k=-1,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
+        )
+    callbacks.append(PreemptionCheckpoint(dirpath))
+    return callbacks
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM (cluster pre-emption, `kill`), save a checkpoint before Lightning stops the run.
+
+    Lightning's signal connector sets ``trainer.received_sigterm`` (broadcast from rank 0) and raises
+    at the end of the current batch; this saves at that batch's end, like the periodic checkpoints.
+    """
+
+    def __init__(self, dirpath: Path) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.received_sigterm and self.saved is None:
+            self.saved = self.dirpath / f"preempt-step={trainer.global_step:09d}.ckpt"
+            trainer.save_checkpoint(self.saved)
+
+
+def _step_of(path: Path) -> int:
+    match = _STEP.search(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def readable(path: Path) -> bool:
+    """A cheap integrity check: torch.save writes a zip whose directory sits at the end of the file,
+    so a file truncated by a kill fails to open as a zip. DeepSpeed checkpoints are folders."""
+    if path.is_dir():
+        return (path / "latest").is_file() or any(path.glob("**/*model_states.pt"))
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return len(zf.namelist()) > 0
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def find_resume_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest readable checkpoint of the run directory (by step, then modification time)."""
+    ckpts = sorted(
+        checkpoint_dir(out_dir).glob("*.ckpt"),
+        key=lambda p: (_step_of(p), p.stat().st_mtime),
+        reverse=True,
+    )
+    for path in ckpts:
+        if readable(path):
+            return path
+        log.warning("skipping unreadable (truncated?) checkpoint %s", path)
+    return None

@@ -1,0 +1,119 @@
+"""Recipe config + ``key=value`` overrides -> a validated RunConfig.
+
+Overrides are OmegaConf dotlists merged into the structured (typed, strict) config, so an unknown key
+or a wrong type fails here, before any model is built. A few keys take a name instead of a value:
+
+    model=vit_b16          the whole model of a preset
+    model.image=vit_b16    the image tower of a preset (model.text likewise)
+    objective=siglip       a registered objective with its defaults
+    data=shapes            the built-in captioned-shapes data set
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the CLI prints it and exits with code 2."""
+
+
+# Why a mandatory field is needed and how to fill it, shown when a recipe leaves it MISSING.
+MISSING_HINTS: dict[str, str] = {
+    "data.train": "a training data source: data.train='/data/shards/{00000..01023}.tar' "
+    "(WebDataset), data.train=/data/pairs.csv (table), or data=shapes for the built-in set",
+}
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            keys.append(path)
+            child = node._get_node(k)
+            keys.extend(_leaf_keys(child, path))
+    return keys
+
+
+def _suggest(key: str, node: DictConfig) -> str:
+    close = difflib.get_close_matches(key, _leaf_keys(node), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _set_model(node: DictConfig, value: str) -> None:
+    from clipl.models import preset
+
+    node.model = OmegaConf.structured(preset(value))
+
+
+def _tower_setter(which: str) -> Callable[[DictConfig, str], None]:
+    def setter(node: DictConfig, value: str) -> None:
+        from clipl.models import preset
+
+        node.model[which] = OmegaConf.structured(getattr(preset(value), which))
+
+    return setter
+
+
+def _set_objective(node: DictConfig, value: str) -> None:
+    from clipl.objectives import objective_config
+
+    node.objective = OmegaConf.structured(objective_config(value))
+
+
+def _set_data(node: DictConfig, value: str) -> None:
+    if value != "shapes":
+        raise KeyError(f"data={value}: only data=shapes is a name; set data.train=PATH for other data")
+    node.data.train = "shapes"
+
+
+SHORTCUTS: dict[str, Callable[[DictConfig, str], None]] = {
+    "model": _set_model,
+    "model.image": _tower_setter("image"),
+    "model.text": _tower_setter("text"),
+    "objective": _set_objective,
+    "data": _set_data,
+}
+
+
+def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
+    """Merge ``key=value`` items into the structured ``node`` in order; raises ConfigError."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        try:
+            if key in SHORTCUTS:
+                SHORTCUTS[key](node, value)
+            else:
+                node.merge_with(OmegaConf.from_dotlist([f"{key}={value}"]))
+        except ConfigKeyError:
+            raise ConfigError(f"unknown config key {key!r}.{_suggest(key, node)}") from None
+        except KeyError as e:  # unknown preset / objective name
+            raise ConfigError(f"{key}={value}: {e.args[0]}") from None
+        except ValidationError as e:
+            msg = str(e).splitlines()[0]
+            raise ConfigError(f"{key}={value!r}: wrong type for {key} ({msg})") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
+
+
+def parse(base: Any, overrides: list[str] | None = None) -> Any:
+    """The recipe's dataclass config with ``overrides`` applied, validated, as dataclasses again."""
+    node = OmegaConf.structured(base)
+    OmegaConf.set_struct(node, True)
+    apply_overrides(node, list(overrides or []))
+    missing = sorted(OmegaConf.missing_keys(node))
+    if missing:
+        lines = [f"  {k}: {MISSING_HINTS.get(k, 'set it with ' + k + '=VALUE')}" for k in missing]
+        raise ConfigError("missing required config value(s):\n" + "\n".join(lines))
+    try:
+        return OmegaConf.to_object(node)  # runs the dataclasses' own validation (__post_init__)
+    except (OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None

@@ -1,0 +1,92 @@
+"""The run configuration: one typed dataclass tree that a recipe returns and the CLI overrides.
+
+Each area owns its section's dataclass (model, objective, data, optim, trainer, eval); the sections
+that belong to the run itself (logging, checkpointing, the training loop's guards) live here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from clipl.data.config import DataConfig
+from clipl.eval.config import EvalConfig
+from clipl.models.config import ModelConfig
+from clipl.objectives import ClipLossConfig
+from clipl.optim import OptimConfig
+from clipl.trainer import TrainerConfig
+
+
+@dataclass
+class LoggingConfig:
+    """Experiment tracking."""
+
+    backend: str = "wandb"
+    """'wandb' (offline when there is no API key or no reachable server), 'csv', 'tensorboard' or 'none'."""
+    project: str = "clipl"
+    """W&B project."""
+    name: Optional[str] = None
+    """Run name shown in W&B; None uses the run directory's name."""
+    group: Optional[str] = None
+    """W&B group (e.g. a sweep or an ablation family)."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+    notes: Optional[str] = None
+    """Free-text W&B notes."""
+    entity: Optional[str] = None
+    """W&B entity (team or user); None uses the account default."""
+    offline: bool = False
+    """Force W&B offline mode even when a key and a server are available."""
+    every_n_steps: int = 10
+    """Log training metrics every N optimiser steps."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints in <out_dir>/checkpoints and how runs resume from them."""
+
+    every_n_steps: int = 1000
+    """Save a checkpoint every N optimiser steps (and always at the end of the run)."""
+    keep_last: int = 3
+    """How many step checkpoints to keep (older ones are deleted); -1 keeps all."""
+    save_on_epoch_end: bool = True
+    """Also save a checkpoint at the end of each epoch."""
+    resume: str = "auto"
+    """'auto': resume from the newest readable checkpoint in the run directory if there is one;
+    'never': refuse to start in a run directory that already holds checkpoints; or a checkpoint path."""
+
+
+@dataclass
+class LoopConfig:
+    """Guards of the training loop."""
+
+    max_nonfinite_steps: int = 20
+    """Abort after this many consecutive non-finite losses (each one is skipped on every rank)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; written to <out_dir>/config.yaml."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The image and text towers and the shared embedding space."""
+    objective: Any = field(default_factory=ClipLossConfig)
+    """The training objective: any registered objective config (ClipLossConfig, SigLipLossConfig)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training (and validation) data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and learning-rate schedule."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Devices, strategy, precision and run length."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Experiment tracking."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpointing and resume."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Zero-shot, retrieval and linear-probe evaluation during training."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """Guards of the training loop."""
+    out_dir: str = "runs/clipl"
+    """The run directory: config, checkpoints, logs and evaluation results."""
+    seed: int = 0
+    """Seed for model initialisation and the data order."""

@@ -1,0 +1,168 @@
+"""run(recipe): the one orchestrator. recipe -> config -> module + data -> Trainer -> fit.
+
+A recipe is a Python file with ``config() -> RunConfig`` and, optionally, ``callbacks(cfg) ->
+list[Callback]`` for anything beyond the built-in checkpointing, throughput and evaluation callbacks.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import logging
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from clipl.config.io import load_config, save_config, to_container
+from clipl.config.parse import ConfigError, parse
+
+log = logging.getLogger(__name__)
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a job stopped by SIGTERM
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes installed with clipl, by name (file stem)."""
+    root = importlib.resources.files("clipl._recipes")
+    return {p.name[:-3]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".py")}
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """A recipe file path, or the name of a shipped recipe (``rn50x4``)."""
+    path = Path(recipe)
+    if path.suffix == ".py" and path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if str(recipe) in shipped:
+        return shipped[str(recipe)]
+    if path.suffix == ".py" and path.name[:-3] in shipped and not path.exists():
+        return shipped[path.name[:-3]]
+    raise ConfigError(
+        f"recipe {str(recipe)!r} not found: give a recipe file or one of {', '.join(sorted(shipped))}"
+    )
+
+
+def load_recipe(recipe: str | Path) -> ModuleType:
+    """Import a recipe file as a module (recipes are files, not a package)."""
+    path = recipe_path(recipe)
+    spec = importlib.util.spec_from_file_location(f"clipl_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "config", None)):
+        raise ConfigError(f"recipe {path} has no config() function returning a RunConfig")
+    return module
+
+
+def resolve(recipe: str | Path, overrides: list[str] | None = None) -> tuple[ModuleType, Any]:
+    """The recipe module and its validated config with ``overrides`` applied."""
+    module = load_recipe(recipe)
+    cfg = parse(module.config(), overrides)
+    _check_combinations(cfg)
+    return module, cfg
+
+
+def _check_combinations(cfg: Any) -> None:
+    try:
+        cfg.trainer.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.checkpoint.every_n_steps < 1:
+        raise ConfigError("checkpoint.every_n_steps must be >= 1")
+
+
+def resolve_batch_config(cfg: Any) -> Any:
+    """With trainer.global_batch_size set, data.batch_size becomes the per-device micro-batch
+    (at most the recipe's data.batch_size) that, with gradient accumulation, makes the global batch."""
+    from clipl.trainer import resolve_batch, world_size
+
+    if cfg.trainer.global_batch_size is not None:
+        try:
+            cfg.data.batch_size, _ = resolve_batch(
+                cfg.trainer.global_batch_size, cfg.data.batch_size, world_size(cfg.trainer)
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return cfg
+
+
+def _resume_from(cfg: Any, out_dir: Path) -> str | None:
+    from clipl.checkpointing import checkpoint_dir, find_resume_checkpoint
+
+    mode = cfg.checkpoint.resume
+    if mode not in ("auto", "never"):
+        if not Path(mode).exists():
+            raise ConfigError(f"checkpoint.resume={mode}: no such checkpoint")
+        return mode
+    found = find_resume_checkpoint(out_dir)
+    if found is not None and mode == "never":
+        raise ConfigError(
+            f"{checkpoint_dir(out_dir)} already holds checkpoints and checkpoint.resume=never: "
+            "choose another out_dir, or resume with checkpoint.resume=auto"
+        )
+    return str(found) if found else None
+
+
+def _write_config(cfg: Any, out_dir: Path) -> None:
+    """config.yaml of the run; an earlier, different one is kept as config.<time>.yaml."""
+    path = out_dir / "config.yaml"
+    if path.is_file():
+        try:
+            same = to_container(load_config(path)) == to_container(cfg)
+        except Exception:  # an unreadable earlier config is kept aside all the same
+            same = False
+        if same:
+            return
+        kept = path.with_name(f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+        path.rename(kept)
+        log.warning("the run's config changed; the previous one is kept as %s", kept)
+    save_config(cfg, path)
+
+
+def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
+    """Train with ``recipe``; returns the process exit code (0, or 143 after a SIGTERM save)."""
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from clipl.callbacks import build_eval_callbacks
+    from clipl.callbacks.throughput import ThroughputMonitor
+    from clipl.checkpointing import checkpoint_callbacks
+    from clipl.data.datamodule import CLIPDataModule
+    from clipl.module import CLIPModule
+    from clipl.tracking import build_loggers
+    from clipl.trainer import build_trainer
+
+    module, cfg = resolve(recipe, overrides)
+    cfg = resolve_batch_config(cfg)
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = _resume_from(cfg, out_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    system = CLIPModule(cfg)
+    data = CLIPDataModule(
+        cfg.data,
+        image_size=cfg.model.image.image_size,
+        context_length=cfg.model.text.context_length,
+        seed=cfg.seed,
+    )
+    callbacks = checkpoint_callbacks(cfg.checkpoint, out_dir) + [ThroughputMonitor()]
+    callbacks += build_eval_callbacks(cfg.eval, str(out_dir))
+    if callable(getattr(module, "callbacks", None)):
+        callbacks += list(module.callbacks(cfg))
+    loggers = build_loggers(cfg.logging, out_dir, to_container(cfg))
+    trainer = build_trainer(
+        cfg.trainer,
+        micro_batch_size=cfg.data.batch_size,
+        out_dir=str(out_dir),
+        callbacks=callbacks,
+        loggers=loggers,
+    )
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(cfg, out_dir)
+        if ckpt_path:
+            log.info("resuming from %s", ckpt_path)
+    try:
+        trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        return SIGTERM_EXIT
+    return SIGTERM_EXIT if trainer.received_sigterm else 0

@@ -1,0 +1,15 @@
+"""RN101 as in the CLIP paper: batch 32,768, 32 epochs, lr 5e-4, bf16, DeepSpeed ZeRO-2.
+
+One node with 8 GPUs:
+    lightning run recipes/rn101.py --devices 8 data.train='/data/laion/{00000..41407}.tar'
+N nodes (the same command on each node, node_rank 0..N-1):
+    lightning run recipes/rn101.py --devices 8 --num-nodes N --node-rank R \
+        --main-address HOST0 --main-port 29500 data.train='/data/laion/{00000..41407}.tar'
+Under SLURM (srun) or torchrun the launcher's environment is detected; pass --devices/--num-nodes.
+"""
+
+from clipl.paper import paper_config
+
+
+def config():
+    return paper_config("rn101", lr=5e-4, per_device_batch=256)
