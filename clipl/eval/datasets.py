@@ -1,0 +1,194 @@
+"""Evaluation data: ImageFolder directories, labelled/captioned WebDataset shards, the shapes splits.
+
+Every set is first indexed into a list of samples (a file path, or byte ranges inside a .tar), so
+it can be sharded exactly: rank r of W takes samples r, r + W, ... padded to ceil(N / W) with
+masked repeats. Every rank then runs the same number of forwards (ZeRO-3 gathers parameters
+collectively) and each real sample is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipl.eval.prompts import read_lines
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+@dataclass
+class Sample:
+    """One evaluation sample: where its image is, its label and captions (if any)."""
+
+    image: Any
+    """A file path, or (tar path, byte offset, size)."""
+    label: int = -1
+    captions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalSet:
+    """An indexed evaluation set."""
+
+    name: str
+    samples: list[Sample]
+    classnames: Optional[list[str]] = None
+    templates: Optional[list[str]] = None
+    """The set's own prompt templates (shapes, or templates.txt beside the data), if any."""
+
+
+def scan_image_folder(root: str | Path, name: Optional[str] = None) -> EvalSet:
+    """ImageFolder layout: one sub-folder per class (sorted; underscores read as spaces)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageFolder directory not found: {root}")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"{root} has no class sub-folders (ImageFolder layout: {root}/<class name>/<image>)")
+    samples = []
+    for label, d in enumerate(class_dirs):
+        files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        samples += [Sample(image=str(f), label=label) for f in files]
+    if not samples:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under the class folders of {root}")
+    templates = read_lines(root / "templates.txt", "templates") if (root / "templates.txt").is_file() else None
+    return EvalSet(name or root.name, samples, [d.name.replace("_", " ") for d in class_dirs], templates)
+
+
+def expand_shards(spec: str) -> list[Path]:
+    """Shard files of a brace pattern ("a/{000..009}.tar"), a single .tar, or a directory of .tar."""
+    from braceexpand import braceexpand
+
+    p = Path(spec)
+    if p.is_dir():
+        paths = sorted(p.glob("*.tar"))
+        if not paths:
+            raise FileNotFoundError(f"no .tar shards in directory {p}")
+        return paths
+    paths = [Path(s) for s in braceexpand(spec)]
+    missing = [str(s) for s in paths if not s.is_file()]
+    if missing:
+        raise FileNotFoundError(f"eval shard(s) not found: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    return paths
+
+
+def _index_tar(path: Path) -> list[Sample]:
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        for m in members:
+            stem, dot, ext = Path(m.name).name.partition(".")
+            key = str(Path(m.name).parent / stem)
+            groups.setdefault(key, {})[ext.lower()] = m
+        texts = {key: {e: tar.extractfile(m).read() for e, m in g.items() if e in ("cls", "txt", "json")} for key, g in groups.items()}
+    samples = []
+    for key, g in groups.items():
+        img = next((e for e in ("jpg", "jpeg", "png", "webp") if e in g), None)
+        if img is None:
+            continue  # not an image sample (e.g. a stray metadata file)
+        t = texts[key]
+        try:
+            label = int(t["cls"].decode().strip()) if "cls" in t else -1
+        except ValueError as e:
+            raise ValueError(f"{path}: {key}.cls is not an ASCII integer label") from e
+        caps = json.loads(t["json"]).get("captions", []) if "json" in t else []
+        if not caps and "txt" in t:
+            caps = [t["txt"].decode("utf-8").strip()]
+        samples.append(Sample(image=(str(path), g[img].offset_data, g[img].size), label=label, captions=list(caps)))
+    return samples
+
+
+def scan_shards(spec: str, name: Optional[str] = None) -> EvalSet:
+    """Index WebDataset shards; `classnames.txt`/`templates.txt` beside the first shard are read."""
+    paths = expand_shards(spec)
+    samples = [s for p in paths for s in _index_tar(p)]
+    if not samples:
+        raise ValueError(f"no image samples in the shards {spec}")
+    folder = paths[0].parent
+    classnames = read_lines(folder / "classnames.txt", "class names") if (folder / "classnames.txt").is_file() else None
+    templates = read_lines(folder / "templates.txt", "templates") if (folder / "templates.txt").is_file() else None
+    return EvalSet(name or (folder.name if Path(spec).suffix or "{" in spec else Path(spec).name), samples, classnames, templates)
+
+
+def load_image(source: Any, size: int) -> torch.Tensor:
+    """uint8 (3, size, size): resize the short side to ``size`` (bicubic), centre crop (CLIP's eval)."""
+    if isinstance(source, tuple):
+        path, offset, n = source
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = io.BytesIO(f.read(n))
+        img = Image.open(data)
+    else:
+        img = Image.open(source)
+    img = img.convert("RGB")
+    w, h = img.size
+    # The long side follows torchvision's Resize(int): int(size * long / short).
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def shard_indices(n: int, rank: int, world: int) -> tuple[list[int], list[bool]]:
+    """Rank ``rank``'s sample indices (strided) padded to ceil(n / world), and which are real."""
+    per_rank = math.ceil(n / world)
+    idx = list(range(rank, n, world))
+    valid = [True] * len(idx) + [False] * (per_rank - len(idx))
+    return idx + [idx[0] if idx else 0] * (per_rank - len(idx)), valid
+
+
+class EvalImageDataset(torch.utils.data.Dataset):
+    """One rank's shard of an EvalSet as a map-style dataset of dicts.
+
+    Items: ``image`` uint8 (3, S, S), ``label``, ``index`` (global), ``valid`` (False for padding),
+    and with ``tokenize``: ``text`` (max_captions, L) and ``text_valid`` (max_captions,).
+    """
+
+    def __init__(self, eval_set: EvalSet, image_size: int, rank: int = 0, world: int = 1,
+                 tokenize: Optional[Callable[[list[str]], torch.Tensor]] = None, max_captions: int = 5,
+                 indices: Optional[list[int]] = None):
+        self.set = eval_set
+        self.image_size = image_size
+        base = list(range(len(eval_set.samples))) if indices is None else list(indices)
+        local, self.valid = shard_indices(len(base), rank, world)
+        self.indices = [base[i] for i in local] if base else []
+        self.tokenize = tokenize
+        self.max_captions = max_captions
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.indices[i]
+        s = self.set.samples[index]
+        try:
+            image = load_image(s.image, self.image_size)
+        except Exception as e:  # a broken eval image is a data error, not something to skip silently
+            where = s.image if isinstance(s.image, str) else f"{s.image[0]} @ byte {s.image[1]}"
+            raise ValueError(f"eval set {self.set.name!r}: cannot decode image {where}: {e}") from e
+        item = {"image": image, "label": s.label, "index": index, "valid": self.valid[i]}
+        if self.tokenize is not None:
+            if not s.captions:
+                raise ValueError(f"eval set {self.set.name!r}: sample {index} has no caption (.json captions or .txt)")
+            caps = s.captions[: self.max_captions]
+            tokens = self.tokenize(caps)
+            pad = self.max_captions - len(caps)
+            item["text"] = torch.cat([tokens, tokens[:1].repeat(pad, 1)]) if pad else tokens
+            item["text_valid"] = torch.tensor([True] * len(caps) + [False] * pad)
+        return item
+
+
+def loader(dataset: EvalImageDataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    """A deterministic (unshuffled) loader over one rank's shard."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                                       persistent_workers=False, drop_last=False)
