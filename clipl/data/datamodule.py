@@ -1,0 +1,162 @@
+"""CLIPDataModule: train/val loaders from a DataConfig, with exactly resumable training iteration.
+
+State = (epoch, batches consumed this epoch, per-rank per-worker raw cursors). A batch counts as
+consumed in `on_after_batch_transfer` while the trainer is training: Lightning calls that hook right
+before `training_step` (after its one-batch prefetch), so the count is exactly the batches that
+entered a step. See docs/data.md for how this meets Lightning's checkpointing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from clipl.data.config import DataConfig
+from clipl.data.sources import SHAPES, make_sources
+from clipl.data.stream import CLIPStream, ResumePoint
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that tells the datamodule when a new pass starts (before workers are forked)."""
+
+    def __init__(self, dataset, on_iter, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self._on_iter = on_iter
+
+    def __iter__(self):
+        self._on_iter()
+        return super().__iter__()
+
+
+class CLIPDataModule(L.LightningDataModule):
+    """Image-text batches {image uint8 (B,3,H,W), text (B,L), key, skipped} from `cfg`."""
+
+    def __init__(self, cfg: DataConfig, image_size: int, context_length: int, seed: int = 0, tokenizer=None):
+        super().__init__()
+        if cfg.train is None and cfg.val is None:
+            raise ValueError("data.train and data.val are both unset; nothing to load")
+        self.cfg, self.image_size, self.context_length = cfg, image_size, context_length
+        self.seed, self.tokenizer = seed, tokenizer
+        self.epoch = 0
+        self.consumed = 0
+        self.cursors: list[int] = [0] * max(1, cfg.num_workers)
+        self._started = False
+        self._pending: Optional[dict] = None
+        self._train: Optional[CLIPStream] = None
+        self._val: Optional[CLIPStream] = None
+
+    # ------------------------------------------------------------------ topology
+    def _world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.world_size, self.trainer.global_rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    # ------------------------------------------------------------------ building
+    def prepare_data(self) -> None:
+        # Local rank 0 generates the shapes set once; other ranks find it cached in setup().
+        if SHAPES in (self.cfg.train or "").split("::") or SHAPES in (self.cfg.val or "").split("::"):
+            from clipl.data.shapes import ensure_shapes
+
+            ensure_shapes(self.cfg.shapes)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        world, rank = self._world()
+        if self.cfg.train and self._train is None:
+            srcs = make_sources(self.cfg.train, self.cfg, "train", "data.train")
+            self._train = CLIPStream(srcs, self.cfg, self.image_size, self.context_length, True, self.seed,
+                                     self.tokenizer, self.cfg.train_weights, "data.train")
+        if self.cfg.val and self._val is None:
+            srcs = make_sources(self.cfg.val, self.cfg, "val", "data.val")
+            self._val = CLIPStream(srcs, self.cfg, self.image_size, self.context_length, False, self.seed,
+                                   self.tokenizer, None, "data.val")
+        for ds in (self._train, self._val):
+            if ds is not None:
+                ds.world_size, ds.rank = world, rank
+        if self._train is not None:
+            self._train.check_shards()
+            self._train.epoch_size  # noqa: B018  (fail now, not in a worker, when the size is unknown)
+
+    def _loader(self, ds: CLIPStream, on_iter) -> DataLoader:
+        K = self.cfg.num_workers
+        return _EpochLoader(ds, on_iter, batch_size=None, num_workers=K,
+                            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+                            # Workers must be re-forked per pass: they read the epoch/resume point set
+                            # in _begin_epoch from their copy of the dataset.
+                            persistent_workers=False, prefetch_factor=2 if K > 0 else None)
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train is None:
+            self.setup("fit")
+        if self._train is None:
+            raise ValueError("data.train is unset; no training loader")
+        return self._loader(self._train, self._begin_epoch)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._val is None:
+            self.setup("validate")
+        if self._val is None:
+            return []
+        return self._loader(self._val, lambda: None)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Training batches per epoch on every rank."""
+        if self._train is None:
+            self.setup("fit")
+        return len(self._train)
+
+    # ------------------------------------------------------------------ epochs and resume
+    def _begin_epoch(self) -> None:
+        ds = self._train
+        world, rank = self._world()
+        ds.world_size, ds.rank = world, rank
+        K = max(1, self.cfg.num_workers)
+        resume = None
+        if self._pending is not None:
+            st, self._pending = self._pending, None
+            if st["consumed"] >= self.batches_per_epoch:  # saved exactly at an epoch boundary
+                self.epoch, self.consumed = st["epoch"] + 1, 0
+            else:
+                self.epoch, self.consumed = st["epoch"], st["consumed"]
+                self.cursors = list(st["cursors"][rank])
+                resume = ResumePoint(self.consumed, list(self.cursors))
+        elif self._started:
+            self.epoch, self.consumed = self.epoch + 1, 0
+        if resume is None:
+            self.cursors = [0] * K
+        self._started = True
+        ds.epoch, ds.resume = self.epoch, resume
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        meta = batch.pop("_loader", None) if isinstance(batch, dict) else None
+        training = self.trainer is None or self.trainer.training
+        if meta is not None and training and self._started:
+            self.consumed += 1
+            self.cursors[meta["worker"]] = meta["cursor"]
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        world, rank = self._world()
+        cursors = [list(map(int, self.cursors))]
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Raw cursors differ per rank (bad samples differ); checkpoints are written by rank 0 only.
+            gathered: list = [None] * world
+            torch.distributed.all_gather_object(gathered, cursors[0])
+            cursors = gathered
+        return {"epoch": int(self.epoch), "consumed": int(self.consumed), "world_size": int(world),
+                "num_workers": int(self.cfg.num_workers), "cursors": cursors}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        world, _ = self._world()
+        for k, now in (("world_size", world), ("num_workers", self.cfg.num_workers)):
+            if int(state[k]) != now:
+                raise ValueError(f"data loader state was saved with {k}={state[k]} but this run has {now}; "
+                                 "exact resume needs the same ranks and data.num_workers")
+        self._pending = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"]),
+                         "cursors": [list(map(int, c)) for c in state["cursors"]]}
+        self.epoch, self.consumed = self._pending["epoch"], self._pending["consumed"]

@@ -1,0 +1,251 @@
+"""The per-worker sample stream: shard plan, shuffle buffer, decode, batching, exact resume.
+
+Every worker's stream is a pure function of (seed, epoch, rank, worker): shards are permuted with
+an RNG seeded by (seed, epoch), dealt to the world's workers round-robin, read sequentially, mixed in
+a seeded shuffle buffer, and cut into a fixed number of batches per worker (so every rank yields the
+same number). Per-sample randomness (crop, caption choice) is seeded by the sample's key, so it does
+not depend on where in the stream the sample lands.
+
+Resume: each batch carries `_loader` = {worker, cursor, batch}; `cursor` counts raw samples the
+worker has taken out of its shuffle buffer. Resuming replays the raw stream through the shuffle
+buffer up to the cursor without decoding anything, then continues.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from clipl.data.config import DataConfig
+from clipl.data.skip import BadSample, SkipCounter
+from clipl.data.transforms import decode_image
+
+Tokenizer = Callable[[list, int], torch.Tensor]
+_SHUFFLE_STREAM, _RESAMPLE_STREAM, _PLAN_STREAM = 1, 2, 3  # distinct RNG streams per purpose
+
+
+@dataclass
+class ResumePoint:
+    """Where one rank's iteration restarts: batches consumed on this rank and per-worker raw cursors."""
+
+    consumed: int
+    cursors: list[int] = field(default_factory=list)
+
+
+def shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """Reservoir-style shuffle: emit a random element of a `size`-element buffer per new item."""
+    if size <= 1:
+        yield from items
+        return
+    buf = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(size))
+        yield buf[j]
+        buf[j] = item
+    order = rng.permutation(len(buf))
+    for j in order:
+        yield buf[j]
+
+
+class CLIPStream(IterableDataset):
+    """Batches of (uint8 images, tokens, keys) from a list of sources, split over ranks and workers."""
+
+    def __init__(self, sources: list, cfg: DataConfig, image_size: int, context_length: int, train: bool,
+                 seed: int = 0, tokenizer: Optional[Tokenizer] = None, weights: Optional[list[float]] = None,
+                 field: str = "data.train"):
+        self.sources, self.cfg, self.train, self.seed = sources, cfg, train, seed
+        self.image_size, self.context_length, self.tokenizer = image_size, context_length, tokenizer
+        self.field = field
+        self.shards = [(i, u) for i, s in enumerate(sources) for u in s.shards]
+        self.sizes = [n for s in sources for n in s.sizes]
+        self.epoch, self.rank, self.world_size = 0, 0, 1
+        self.num_workers = max(1, cfg.num_workers)
+        self.resume: Optional[ResumePoint] = None
+        if weights is not None:
+            if len(weights) != len(sources):
+                raise ValueError(f"{field}_weights has {len(weights)} entries for {len(sources)} sources")
+            if not (cfg.resampled or not train):
+                raise ValueError(f"{field}_weights needs data.resampled=true (weights set shard sampling rates)")
+            if any(w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"{field}_weights must be non-negative with a positive sum, got {weights}")
+        self.weights = weights
+
+    # ------------------------------------------------------------------ epoch geometry
+    @property
+    def epoch_size(self) -> int:
+        """Samples per epoch over all ranks (config, else the shards' sizes.json / *_stats.json)."""
+        if self.cfg.epoch_size is not None:
+            return self.cfg.epoch_size
+        if all(n is not None for n in self.sizes):
+            return int(sum(self.sizes))
+        patterns = " :: ".join(s.pattern for s in self.sources)
+        raise ValueError(f"data.epoch_size: cannot tell how many samples {patterns!r} holds (no sizes.json "
+                         "or *_stats.json next to the shards); set data.epoch_size")
+
+    def batches_per_worker(self) -> int:
+        # floor, so no worker has to repeat samples when shards are equal; at least one batch each.
+        per = self.epoch_size // (self.cfg.batch_size * self.world_size * self.num_workers)
+        return max(1, per)
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.batches_per_worker() * self.num_workers
+        if any(n is None for n in self.sizes):
+            raise TypeError("validation length unknown (no shard sizes)")
+        b = self.cfg.batch_size
+        total = 0
+        for w in range(self.num_workers):
+            g, G = self.rank * self.num_workers + w, self.world_size * self.num_workers
+            total += math.ceil(sum(self.sizes[i] for i in range(g, len(self.shards), G)) / b)
+        return total
+
+    def check_shards(self) -> None:
+        """Without resampling every worker of every rank needs at least one shard of its own."""
+        need = self.world_size * self.num_workers
+        if self.train and not self.cfg.resampled and len(self.shards) < need:
+            raise ValueError(
+                f"{self.field}: {len(self.shards)} shards for {self.world_size} ranks x {self.num_workers} "
+                f"workers = {need} readers; use more shards, fewer data.num_workers, or data.resampled=true")
+
+    # ------------------------------------------------------------------ raw streams
+    def _rng(self, *stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, *stream])
+
+    def _read(self, shard_index: int, counter: SkipCounter) -> Iterator:
+        si, url = self.shards[shard_index]
+        for key, members in self.sources[si].iter_shard(url, counter):
+            yield si, key, members
+
+    def _train_passes(self, worker: int, counter: SkipCounter) -> Iterator[Iterator]:
+        """Endless sequence of passes over one worker's shards (one pass each, freshly permuted).
+
+        Passes are shuffled separately so the buffer's read-ahead never pulls the next pass's
+        (repeated) samples into this one: a worker with enough data never repeats a sample in an epoch.
+        """
+        G, g = self.world_size * self.num_workers, self.rank * self.num_workers + worker
+        if self.cfg.resampled:
+            yield self._resampled_raw(g, counter)
+            return
+        for pass_index in range(1_000_000):
+            order = self._rng(_PLAN_STREAM, pass_index).permutation(len(self.shards))
+            mine = [int(j) for j in order[g::G]]
+            got = []
+
+            def one_pass():
+                for j in mine:
+                    for item in self._read(j, counter):
+                        got.append(True)
+                        yield item
+
+            yield one_pass()
+            if not got:
+                raise RuntimeError(f"{self.field}: worker {g} read no samples from its shards "
+                                   f"{[self.shards[j][1] for j in mine]} (all missing or unreadable)")
+
+    def _resampled_raw(self, g: int, counter: SkipCounter) -> Iterator:
+        per_source = np.array([len(s.shards) for s in self.sources], np.float64)
+        w = np.ones(len(self.sources)) if self.weights is None else np.asarray(self.weights, np.float64)
+        # A source's share of draws is its weight; within a source every shard is equally likely.
+        p = np.concatenate([np.full(int(n), wi / n) for wi, n in zip(w, per_source)])
+        p /= p.sum()
+        rng = self._rng(_RESAMPLE_STREAM, self.rank, g)
+        empty = 0
+        while True:
+            got = False
+            for item in self._read(int(rng.choice(len(self.shards), p=p)), counter):
+                got = True
+                yield item
+            empty = 0 if got else empty + 1
+            if empty >= 100:
+                raise RuntimeError(f"{self.field}: 100 resampled shards in a row gave no samples")
+
+    # ------------------------------------------------------------------ decoding and batching
+    def _decode(self, si: int, key: str, members: dict):
+        rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(key.encode()), si])
+        image, caption = self.sources[si].extract(members, rng)
+        pixels = decode_image(image, self.image_size, self.train, rng, self.cfg.max_image_pixels,
+                              self.cfg.draft_decode)
+        return pixels, caption
+
+    def _tokenize(self, captions: list[str]) -> torch.Tensor:
+        if self.tokenizer is None:
+            from clipl.tokenizer import get_tokenizer
+
+            self.tokenizer = get_tokenizer()
+        return self.tokenizer(captions, self.context_length)
+
+    def _batch(self, images, captions, keys, counter, meta) -> dict:
+        return {"image": torch.from_numpy(np.stack(images)), "text": self._tokenize(captions), "key": keys,
+                "skipped": counter.flush(), "_loader": meta}
+
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        phys, n = (0, 1) if info is None else (info.id, info.num_workers)
+        if n != self.num_workers:
+            raise RuntimeError(f"CLIPStream built for {self.num_workers} workers runs under {n}")
+        return phys, n
+
+    def __iter__(self) -> Iterator[dict]:
+        counter = SkipCounter(self.cfg.max_skip_rate, self.cfg.skip_check_after)
+        phys, K = self._worker()
+        if not self.train:
+            yield from self._iter_val(phys, counter)
+            return
+        self.check_shards()
+        quota = self.batches_per_worker()
+        resume = self.resume or ResumePoint(0)
+        # Rotate logical worker ids so the DataLoader's round-robin continues where the stopped run was.
+        worker = (phys + resume.consumed) % K
+        done = max(0, -(-(resume.consumed - worker) // K))
+        cursor = resume.cursors[worker] if resume.cursors else 0
+        rng = self._rng(_SHUFFLE_STREAM, self.rank, worker)
+        stream = (item for one in self._train_passes(worker, counter)
+                  for item in shuffle_buffer(one, self.cfg.shuffle_buffer, rng))
+        for _ in range(cursor):  # replay without decoding
+            next(stream)
+        counter.total.clear(), counter.flush()
+        images, captions, keys = [], [], []
+        while done < quota:
+            si, key, members = next(stream)
+            cursor += 1
+            try:
+                pixels, caption = self._decode(si, key, members)
+            except BadSample as e:
+                counter.skip(e.reason)
+                continue
+            counter.ok()
+            images.append(pixels), captions.append(caption), keys.append(key)
+            if len(images) == self.cfg.batch_size:
+                done += 1
+                yield self._batch(images, captions, keys, counter, {"worker": worker, "cursor": cursor, "batch": done})
+                images, captions, keys = [], [], []
+        counter.check(final=True)
+
+    def _iter_val(self, worker: int, counter: SkipCounter) -> Iterator[dict]:
+        G, g = self.world_size * self.num_workers, self.rank * self.num_workers + worker
+        images, captions, keys, n = [], [], [], 0
+        for j in range(g, len(self.shards), G):
+            for si, key, members in self._read(j, counter):
+                try:
+                    pixels, caption = self._decode(si, key, members)
+                except BadSample as e:
+                    counter.skip(e.reason)
+                    continue
+                counter.ok()
+                images.append(pixels), captions.append(caption), keys.append(key)
+                if len(images) == self.cfg.batch_size:
+                    n += 1
+                    yield self._batch(images, captions, keys, counter, {"worker": worker, "cursor": 0, "batch": n})
+                    images, captions, keys = [], [], []
+        if images:
+            yield self._batch(images, captions, keys, counter, {"worker": worker, "cursor": 0, "batch": n + 1})
+        counter.check(final=True)
