@@ -90,16 +90,22 @@ def all_gather_with_grad(x: torch.Tensor, group: ProcessGroup = None) -> torch.T
     return _AllGatherWithGrad.apply(x, group)
 
 
-def _exchange(send: torch.Tensor, to_rank: int, from_rank: int, group: ProcessGroup) -> torch.Tensor:
-    """Send ``send`` to ``to_rank`` while receiving an equally shaped tensor from ``from_rank``."""
-    recv = torch.empty_like(send)
-    ops = [
-        dist.P2POp(dist.isend, send, dist.get_global_rank(group, to_rank) if group else to_rank, group),
-        dist.P2POp(dist.irecv, recv, dist.get_global_rank(group, from_rank) if group else from_rank, group),
-    ]
+def _global(rank: int, group: ProcessGroup) -> int:
+    return dist.get_global_rank(group, rank) if group is not None else rank
+
+
+def _exchange(*pairs: tuple[torch.Tensor, int, int], group: ProcessGroup) -> list[torch.Tensor]:
+    """For each (tensor, to_rank, from_rank): send it to ``to_rank`` and receive a tensor of the
+    same shape from ``from_rank``; all transfers are in flight together."""
+    ops, received = [], []
+    for send, to_rank, from_rank in pairs:
+        recv = torch.empty_like(send)
+        ops.append(dist.P2POp(dist.isend, send, _global(to_rank, group), group))
+        ops.append(dist.P2POp(dist.irecv, recv, _global(from_rank, group), group))
+        received.append(recv)
     for req in dist.batch_isend_irecv(ops):
         req.wait()
-    return recv
+    return received
 
 
 class _RingShiftWithGrad(Function):
@@ -109,13 +115,13 @@ class _RingShiftWithGrad(Function):
     def forward(ctx, x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
         rank, world_size = world(group)
         ctx.group, ctx.left, ctx.right = group, (rank - 1) % world_size, (rank + 1) % world_size
-        return _exchange(x.contiguous(), ctx.right, ctx.left, group)
+        return _exchange((x.contiguous(), ctx.right, ctx.left), group=group)[0]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         # Our output came from the left rank, so its gradient belongs there; the gradient for the
         # tensor we sent right arrives from the right rank.
-        return _exchange(grad.contiguous(), ctx.left, ctx.right, ctx.group), None
+        return _exchange((grad.contiguous(), ctx.left, ctx.right), group=ctx.group)[0], None
 
 
 def ring_shift_with_grad(x: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
@@ -123,3 +129,42 @@ def ring_shift_with_grad(x: torch.Tensor, group: ProcessGroup = None) -> torch.T
     if world(group)[1] == 1:
         return x
     return _RingShiftWithGrad.apply(x, group)
+
+
+class _BidirShiftWithGrad(Function):
+    """Send one tensor right and one left; receive (from the left, from the right)."""
+
+    @staticmethod
+    def forward(ctx, to_right: torch.Tensor, to_left: torch.Tensor, group: ProcessGroup):
+        rank, world_size = world(group)
+        ctx.group, ctx.left, ctx.right = group, (rank - 1) % world_size, (rank + 1) % world_size
+        from_left, from_right = _exchange(
+            (to_right.contiguous(), ctx.right, ctx.left),
+            (to_left.contiguous(), ctx.left, ctx.right),
+            group=group,
+        )
+        return from_left, from_right
+
+    @staticmethod
+    def backward(ctx, grad_from_left: torch.Tensor, grad_from_right: torch.Tensor):
+        # Each received tensor's gradient goes back where it came from; ours come back likewise:
+        # the right rank holds the gradient of what we sent right, the left rank of what went left.
+        grad_to_right, grad_to_left = _exchange(
+            (grad_from_left.contiguous(), ctx.left, ctx.right),
+            (grad_from_right.contiguous(), ctx.right, ctx.left),
+            group=ctx.group,
+        )
+        return grad_to_right, grad_to_left, None
+
+
+def bidir_shift_with_grad(
+    to_right: torch.Tensor, to_left: torch.Tensor, group: ProcessGroup = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiably send ``to_right`` to rank + 1 and ``to_left`` to rank - 1 at once.
+
+    Returns (the left neighbour's ``to_right``, the right neighbour's ``to_left``); used to walk a
+    ring in both directions, halving the number of sequential hops.
+    """
+    if world(group)[1] == 1:
+        return to_right, to_left
+    return _BidirShiftWithGrad.apply(to_right, to_left, group)

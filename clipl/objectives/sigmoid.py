@@ -6,7 +6,8 @@ For a global batch of B_g pairs, with z_ij = +1 on matching pairs and -1 elsewhe
 
 Rank r computes L_r = -1/B * sum_{i in r, all j} (...) one block of B x B logits at a time: its own
 texts first (the only block with positives), then W - 1 blocks of negatives, each block's texts
-received from the left neighbour while its own go right. The B_g x B_g matrix never exists.
+passed on by its ring neighbours (both directions at once, so about W / 2 sequential hops). The
+B_g x B_g matrix never exists.
 mean_r L_r = L_global, and with the ring's backward sending gradients back along the ring (summing
 over ranks) and DDP averaging, gradients equal those of L_global; the arithmetic is the same as for
 the contrastive loss (see clipl.objectives.contrastive).
@@ -23,7 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipl.objectives.contrastive import effective_logit_scale
-from clipl.objectives.distributed import check_equal_batch, ring_shift_with_grad, world
+from clipl.objectives.distributed import (
+    bidir_shift_with_grad,
+    check_equal_batch,
+    ring_shift_with_grad,
+    world,
+)
 from clipl.objectives.registry import ObjectiveConfig, register_objective
 
 
@@ -96,9 +102,15 @@ class SigLipLoss(nn.Module):
         if world_size > 1:
             if self.cfg.check_batch_sizes:
                 check_equal_batch(batch, image.device, self.group)
-            neighbour_text = text
-            # After k shifts we hold the texts of rank (rank - k) % W; W - 1 shifts visit them all.
-            for _ in range(world_size - 1):
-                neighbour_text = ring_shift_with_grad(neighbour_text, self.group)
-                total = total + _block_loss(image, neighbour_text, scale, bias, positives=False)
+            # Walk the ring both ways: after hop k we hold the texts of ranks rank - k and rank + k,
+            # so (W - 1) // 2 two-way hops plus one one-way hop when W is even visit every rank once.
+            from_left = from_right = text
+            two_way, one_way = divmod(world_size - 1, 2)
+            for _ in range(two_way):
+                from_left, from_right = bidir_shift_with_grad(from_left, from_right, self.group)
+                total = total + _block_loss(image, from_left, scale, bias, positives=False)
+                total = total + _block_loss(image, from_right, scale, bias, positives=False)
+            if one_way:
+                from_left = ring_shift_with_grad(from_left, self.group)
+                total = total + _block_loss(image, from_left, scale, bias, positives=False)
         return total / batch

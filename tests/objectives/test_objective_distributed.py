@@ -85,7 +85,16 @@ def _worker(rank, world_size, init_file, out_path):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize(
+    "world_size",
+    [
+        2,
+        # 3: one two-way ring hop; 4: a two-way hop chained into a one-way hop. Several seconds
+        # each on a loaded CPU, hence slow.
+        pytest.param(3, marks=pytest.mark.slow),
+        pytest.param(4, marks=pytest.mark.slow),
+    ],
+)
 def test_distributed_equals_global_batch(world_size):
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
