@@ -72,6 +72,13 @@ def _is_image_param(name: str) -> bool:
     return name.startswith("visual.")
 
 
+def _ndim(param: nn.Parameter) -> int:
+    # Under DeepSpeed ZeRO-3 a partitioned parameter's data is an empty 1-d placeholder; its real
+    # shape is kept in `ds_shape`, and the decay rule must look at that one.
+    shape = getattr(param, "ds_shape", None)
+    return len(shape) if shape is not None else param.ndim
+
+
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """AdamW parameter groups: {image, rest} x {decay, no decay}; frozen parameters left out.
 
@@ -95,7 +102,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
         if not param.requires_grad:
             continue
         tower = "image" if _is_image_param(name) else "text"
-        decay = param.ndim >= 2 and id(param) not in exempt
+        decay = _ndim(param) >= 2 and id(param) not in exempt
         groups.setdefault((tower, decay), []).append(param)
     out = []
     for tower in ("image", "text"):

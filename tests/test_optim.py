@@ -110,6 +110,17 @@ def test_frozen_params_are_left_out_and_unknown_names_fail():
         param_groups(Bad(), OptimConfig())
 
 
+def test_zero3_partitioned_params_use_their_real_shape():
+    model = FakeCLIP()
+    # What deepspeed.zero.Init leaves behind: empty 1-d data, the true shape in ds_shape.
+    for p in model.parameters():
+        p.ds_shape = p.shape
+        p.data = torch.empty(0)
+    groups = {g["name"]: g for g in param_groups(model, OptimConfig())}
+    assert _names(model, groups["text/decay"]) == {"transformer.weight", "text_projection"}
+    assert "visual.proj" in _names(model, groups["image/decay"])
+
+
 def test_build_optimizer_settings_and_decay_effect():
     model = FakeCLIP()
     cfg = OptimConfig(lr=0.1, weight_decay=0.5, betas=[0.9, 0.999], eps=1e-8)
