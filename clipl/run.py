@@ -24,7 +24,11 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a job stopped by S
 def shipped_recipes() -> dict[str, Path]:
     """The recipes installed with clipl, by name (file stem)."""
     root = importlib.resources.files("clipl._recipes")
-    return {p.name[:-3]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".py")}
+    return {
+        p.name[:-3]: Path(str(p))
+        for p in root.iterdir()
+        if p.name.endswith(".py") and not p.name.startswith("_")
+    }
 
 
 def recipe_path(recipe: str | Path) -> Path:

@@ -1,0 +1,84 @@
+"""Recipe configs + key=value overrides: strict keys, typed values, shortcuts, YAML round trip."""
+
+import pytest
+import torch
+
+from clipl.config import ConfigError, load_config, parse, save_config, to_container
+from clipl.config.schema import RunConfig
+from clipl.models import build_model, preset
+from clipl.run import resolve, shipped_recipes
+
+RECIPES = sorted(shipped_recipes())
+
+
+def base() -> RunConfig:
+    return RunConfig(model=preset("tiny_vit"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_parses_and_builds_its_model(name):
+    _, cfg = resolve(name, ["data=shapes"])
+    assert isinstance(cfg, RunConfig)
+    with torch.device("meta"):  # shapes only: the big presets build in milliseconds
+        model = build_model(cfg.model)
+    n = sum(p.numel() for p in model.parameters())
+    assert n > 1e6
+
+
+def test_paper_recipe_hyperparameters():
+    _, cfg = resolve("rn50x4", ["data=shapes"])
+    assert cfg.trainer.global_batch_size == 32768
+    assert cfg.trainer.max_epochs == 32
+    assert cfg.optim.lr == 5e-4 and cfg.optim.weight_decay == 0.2 and cfg.optim.warmup_steps == 2000
+    assert cfg.optim.betas == [0.9, 0.999] and cfg.optim.eps == 1e-8  # ResNet Adam settings
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy == "deepspeed"
+    _, vit = resolve("vit_l14", ["data=shapes"])
+    assert vit.optim.lr == 4e-4 and vit.optim.betas == [0.9, 0.98] and vit.optim.eps == 1e-6
+
+
+def test_overrides_set_typed_values():
+    cfg = parse(base(), ["trainer.max_steps=7", "optim.lr=1e-3", "logging.tags=[a,b]", "data.val=null"])
+    assert cfg.trainer.max_steps == 7 and cfg.optim.lr == 1e-3 and cfg.logging.tags == ["a", "b"]
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"trainer\.max_stepz.*Did you mean 'trainer\.max_steps'"):
+        parse(base(), ["trainer.max_stepz=3"])
+
+
+def test_wrong_type_names_field():
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps.*wrong type"):
+        parse(base(), ["trainer.max_steps=many"])
+
+
+def test_invalid_combination_names_field():
+    with pytest.raises(ConfigError, match="trainer.strategy=deepspeed"):
+        parse(base(), ["trainer.strategy=deepspeed", "trainer.accelerator=cpu"])
+
+
+def test_missing_data_path_suggests_shapes():
+    with pytest.raises(ConfigError, match=r"data\.train.*data=shapes"):
+        resolve("rn50", [])
+
+
+def test_tower_preset_shortcut_replaces_one_tower():
+    cfg = parse(base(), ["model.image=vit_b16"])
+    assert cfg.model.image == preset("vit_b16").image
+    assert cfg.model.text == preset("tiny_vit").text
+    with pytest.raises(ConfigError, match="vit_b16"):
+        parse(base(), ["model.image=vit_b61"])
+
+
+def test_model_objective_and_data_shortcuts():
+    cfg = parse(base(), ["model=rn50", "objective=siglip", "data=shapes", "objective.init_logit_bias=-5"])
+    assert cfg.model == preset("rn50")
+    assert cfg.objective.name == "siglip" and cfg.objective.init_logit_bias == -5
+    assert cfg.data.train == "shapes"
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = parse(base(), ["objective=siglip", "model.image=rn50", "trainer.max_steps=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    back = load_config(tmp_path / "config.yaml")
+    assert back == cfg and type(back.model.image) is type(cfg.model.image)
+    assert to_container(back) == to_container(cfg)

@@ -1,0 +1,175 @@
+"""End to end through the real CLI: exit codes, the run directory, kill -9 / SIGTERM and exact resume."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "clipl.cli"]
+
+# A tiny run on a small shapes set: 8 steps per epoch (512 samples / batch 64), 3 epochs at most.
+TINY = [
+    "data.shapes.train_size=512", "data.shapes.val_size=64", "data.shapes.eval_size=64",
+    "data.shapes.samples_per_shard=64", "data.batch_size=64", "data.num_workers=1",
+    "eval.zeroshot=[]", "eval.linear_probe=[]", "eval.retrieval=[]",
+    "logging.backend=csv", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false", "checkpoint.every_n_steps=3", "checkpoint.keep_last=-1",
+    "optim.warmup_steps=5",
+]
+
+KILLER_RECIPE = textwrap.dedent(
+    '''
+    """The quickstart plus a callback that signals itself at a given step (set by the test)."""
+    import os, signal
+    import lightning as L
+    from clipl.run import load_recipe
+
+    quickstart = load_recipe("quickstart")
+
+    class SignalAt(L.Callback):
+        # At the start of a batch, so the checkpoints of the step before it are already written.
+        def on_train_batch_start(self, trainer, *args):
+            step = int(os.environ.get("CLIPL_TEST_SIGNAL_AT", "-1"))
+            if trainer.global_step == step:
+                sig = getattr(signal, os.environ["CLIPL_TEST_SIGNAL"])
+                if sig == signal.SIGKILL:
+                    os.killpg(os.getpgid(0), sig)  # every rank, as a node failure would
+                os.kill(os.getpid(), sig)
+
+    def config():
+        return quickstart.config()
+
+    def callbacks(cfg):
+        return [SignalAt()]
+    '''
+)
+
+
+def cli(args, env=None, check=True, timeout=600):
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.run(CLI + args, cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, start_new_session=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def losses(out_dir: Path) -> dict[int, float]:
+    """step -> train/loss, the last row per step (a resumed run re-logs the steps after its checkpoint)."""
+    result = {}
+    with (out_dir / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                result[int(row["step"])] = float(row["train/loss"])
+    return result
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["config", "quickstart", "trainer.max_stepz=3"], "trainer.max_steps"),
+        (["config", "quickstart", "trainer.max_steps=three"], "trainer.max_steps"),
+        (["config", "rn50"], "data=shapes"),
+        (["run", "quickstart", "--devcies", "2"], "--devcies"),
+    ],
+)
+def test_bad_configuration_exits_2_without_traceback(args, needle):
+    proc = cli(args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_recipes_and_cp(tmp_path):
+    out = cli(["config", "rn50x4", "data=shapes"]).stdout
+    assert "global_batch_size: 32768" in out and "arch: modified_resnet" in out
+    listing = cli(["recipes"]).stdout
+    for name in ("quickstart", "rn50", "rn50x4", "vit_b32", "vit_l14"):
+        assert name in listing
+    dst = tmp_path / "mine.py"
+    cli(["cp", "rn50x4", str(dst)])
+    assert dst.read_text() == (REPO / "recipes" / "rn50x4.py").read_text()
+    again = cli(["cp", "rn50x4", str(dst)], check=False)
+    assert again.returncode == 2 and "never overwrites" in again.stderr
+
+
+@pytest.mark.slow
+def test_rn50x4_recipe_runs_two_steps_on_cpu(tmp_path):
+    cli(["run", "rn50x4", "--accelerator", "cpu", "--strategy", "auto", "--precision", "32-true",
+         "data=shapes", "trainer.global_batch_size=4", "data.batch_size=2", "trainer.max_steps=2",
+         "trainer.max_epochs=null", f"out_dir={tmp_path}", "data.num_workers=0", *TINY[:4],
+         "logging.backend=csv", "trainer.log_every_n_steps=1", "eval.zeroshot=[]", "eval.linear_probe=[]"])
+    got = losses(tmp_path)
+    assert sorted(got) == [0, 1] and all(v > 0 for v in got.values())
+
+
+def _recipe(tmp_path) -> Path:
+    path = tmp_path / "killer.py"
+    path.write_text(KILLER_RECIPE)
+    return path
+
+
+def _resume_case(tmp_path, sig, at_step, extra=(), corrupt_newest=False):
+    recipe = _recipe(tmp_path)
+    common = [*TINY, "trainer.max_steps=14", *extra]
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    cli(["run", str(recipe), f"out_dir={ref_dir}", *common])
+    first = cli(["run", str(recipe), f"out_dir={run_dir}", *common],
+                env={"CLIPL_TEST_SIGNAL_AT": str(at_step), "CLIPL_TEST_SIGNAL": sig}, check=False)
+    assert first.returncode != 0, "the signalled run must not exit 0"
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert ckpts, first.stderr[-3000:]
+    if corrupt_newest:
+        newest = max(ckpts, key=lambda p: p.stat().st_mtime)
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    cli(["run", str(recipe), f"out_dir={run_dir}", *common])  # the same command again
+    ref, got = losses(ref_dir), losses(run_dir)
+    assert sorted(got) == sorted(ref) == list(range(14))
+    assert got == ref  # bit-exact on CPU: every step's loss, before and after the interruption
+    return first
+
+
+@pytest.mark.slow
+def test_kill9_mid_epoch_resumes_bit_exact(tmp_path):
+    _resume_case(tmp_path, "SIGKILL", at_step=7)
+
+
+@pytest.mark.slow
+def test_kill9_at_epoch_boundary_resumes_bit_exact(tmp_path):
+    # 8 steps per epoch; checkpoints at 4 and 8 (and the epoch-end one), killed right after step 8
+    _resume_case(tmp_path, "SIGKILL", at_step=8, extra=["checkpoint.every_n_steps=4"])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_nonzero_and_resumes_bit_exact(tmp_path):
+    first = _resume_case(tmp_path, "SIGTERM", at_step=5)
+    assert first.returncode == 143
+    assert list((tmp_path / "run" / "checkpoints").glob("preempt-step=*.ckpt"))
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_is_skipped(tmp_path):
+    _resume_case(tmp_path, "SIGKILL", at_step=7, corrupt_newest=True)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_kill9_resumes_bit_exact(tmp_path):
+    _resume_case(tmp_path, "SIGKILL", at_step=5,
+                 extra=["trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=32"])
+
+
+def test_wandb_key_never_reaches_the_run_directory(tmp_path):
+    sentinel = "sentinel0123456789abcdef0123456789abcdef01"
+    args = [*TINY, "logging.backend=wandb", "logging.offline=true", "trainer.max_steps=2",
+            "data.num_workers=0", f"out_dir={tmp_path}"]
+    cli(["run", "quickstart", *args], env={"WANDB_API_KEY": sentinel, "WANDB_MODE": "offline"})
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any("wandb" in str(p) for p in files)  # W&B did write its offline run
+    for p in files:
+        assert sentinel.encode() not in p.read_bytes(), p
+    assert (tmp_path / "wandb_run_id.txt").is_file() and (tmp_path / "config.yaml").is_file()
