@@ -91,28 +91,30 @@ class ClipLoss(nn.Module):
                 "image_features and text_features must both be (B, D), got "
                 f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
             )
-        image = image_features.float()
-        text = text_features.float()
-        scale = effective_logit_scale(logit_scale, self.cfg.max_logit_scale)
-        rank, world_size = world(self.group)
-        batch = image.shape[0]
-        if world_size > 1:
-            if self.cfg.check_batch_sizes:
-                check_equal_batch(batch, image.device, self.group)
-            all_image = all_gather_with_grad(image, self.group)
-            all_text = all_gather_with_grad(text, self.group)
-        else:
-            all_image, all_text = image, text
-        logits_per_image = scale * image @ all_text.T  # (B_local, B_global)
-        logits_per_text = scale * text @ all_image.T
-        if logit_bias is not None:
-            # A shared bias cannot change a softmax; adding it keeps the parameter in the graph
-            # (zero gradient) so DDP does not report it as unused.
-            bias = logit_bias.float()
-            logits_per_image = logits_per_image + bias
-            logits_per_text = logits_per_text + bias
-        # Our pairs sit at global columns rank * B_local ... rank * B_local + B_local - 1.
-        labels = torch.arange(batch, device=image.device) + rank * batch
-        return (
-            F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
-        ) / 2
+        # fp32 whatever the caller's precision: autocast would otherwise run the matmuls in bf16/fp16.
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            image = image_features.float()
+            text = text_features.float()
+            scale = effective_logit_scale(logit_scale, self.cfg.max_logit_scale)
+            rank, world_size = world(self.group)
+            batch = image.shape[0]
+            if world_size > 1:
+                if self.cfg.check_batch_sizes:
+                    check_equal_batch(batch, image.device, self.group)
+                all_image = all_gather_with_grad(image, self.group)
+                all_text = all_gather_with_grad(text, self.group)
+            else:
+                all_image, all_text = image, text
+            logits_per_image = scale * image @ all_text.T  # (B_local, B_global)
+            logits_per_text = scale * text @ all_image.T
+            if logit_bias is not None:
+                # A shared bias cannot change a softmax; adding it keeps the parameter in the graph
+                # (zero gradient) so DDP does not report it as unused.
+                bias = logit_bias.float()
+                logits_per_image = logits_per_image + bias
+                logits_per_text = logits_per_text + bias
+            # Our pairs sit at global columns rank * B_local ... rank * B_local + B_local - 1.
+            labels = torch.arange(batch, device=image.device) + rank * batch
+            return (
+                F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
+            ) / 2

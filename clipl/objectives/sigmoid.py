@@ -92,25 +92,27 @@ class SigLipLoss(nn.Module):
                 "image_features and text_features must both be (B, D), got "
                 f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
             )
-        image = image_features.float()
-        text = text_features.float()
-        scale = effective_logit_scale(logit_scale, self.cfg.max_logit_scale)
-        bias = torch.as_tensor(logit_bias).float()
-        batch = image.shape[0]
-        _, world_size = world(self.group)
-        total = _block_loss(image, text, scale, bias, positives=True)
-        if world_size > 1:
-            if self.cfg.check_batch_sizes:
-                check_equal_batch(batch, image.device, self.group)
-            # Walk the ring both ways: after hop k we hold the texts of ranks rank - k and rank + k,
-            # so (W - 1) // 2 two-way hops plus one one-way hop when W is even visit every rank once.
-            from_left = from_right = text
-            two_way, one_way = divmod(world_size - 1, 2)
-            for _ in range(two_way):
-                from_left, from_right = bidir_shift_with_grad(from_left, from_right, self.group)
-                total = total + _block_loss(image, from_left, scale, bias, positives=False)
-                total = total + _block_loss(image, from_right, scale, bias, positives=False)
-            if one_way:
-                from_left = ring_shift_with_grad(from_left, self.group)
-                total = total + _block_loss(image, from_left, scale, bias, positives=False)
-        return total / batch
+        # fp32 whatever the caller's precision: autocast would otherwise run the matmuls in bf16/fp16.
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            image = image_features.float()
+            text = text_features.float()
+            scale = effective_logit_scale(logit_scale, self.cfg.max_logit_scale)
+            bias = torch.as_tensor(logit_bias).float()
+            batch = image.shape[0]
+            _, world_size = world(self.group)
+            total = _block_loss(image, text, scale, bias, positives=True)
+            if world_size > 1:
+                if self.cfg.check_batch_sizes:
+                    check_equal_batch(batch, image.device, self.group)
+                # Walk the ring both ways: after hop k we hold the texts of ranks rank -/+ k, so
+                # (W - 1) // 2 two-way hops, plus one one-way hop when W is even, visit every rank.
+                from_left = from_right = text
+                two_way, one_way = divmod(world_size - 1, 2)
+                for _ in range(two_way):
+                    from_left, from_right = bidir_shift_with_grad(from_left, from_right, self.group)
+                    total = total + _block_loss(image, from_left, scale, bias, positives=False)
+                    total = total + _block_loss(image, from_right, scale, bias, positives=False)
+                if one_way:
+                    from_left = ring_shift_with_grad(from_left, self.group)
+                    total = total + _block_loss(image, from_left, scale, bias, positives=False)
+            return total / batch

@@ -113,6 +113,17 @@ def test_low_precision_inputs_give_fp32_loss(dtype):
     assert img_g.grad.dtype == dtype and torch.isfinite(img_g.grad.float()).all()
 
 
+def test_autocast_does_not_lower_the_loss_precision():
+    img, txt = _features(n=32, d=64)
+    scale, bias = torch.tensor(2.6), torch.tensor(-3.0)
+    for loss_fn in (ClipLoss(), SigLipLoss()):
+        fp32 = loss_fn(img, txt, scale, bias)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = loss_fn(img, txt, scale, bias)
+        assert mixed.dtype == torch.float32
+        torch.testing.assert_close(mixed, fp32, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("objective", ["clip", "siglip"])
 def test_logit_scale_is_clamped_at_100(objective):
     img, txt = _features()
