@@ -231,8 +231,13 @@ class CLIPStream(IterableDataset):
         counter.check(final=True)
 
     def _iter_val(self, worker: int, counter: SkipCounter) -> Iterator[dict]:
+        """All samples of this worker's shards once, in order; the last batch may be short.
+
+        A full batch is held back until the next good sample (or the end) so that skips found in
+        between, including shards failing after the last sample, are reported with it.
+        """
         G, g = self.world_size * self.num_workers, self.rank * self.num_workers + worker
-        images, captions, keys, n = [], [], [], 0
+        images, captions, keys, ready, n = [], [], [], None, 0
         for j in range(g, len(self.shards), G):
             for si, key, members in self._read(j, counter):
                 try:
@@ -241,11 +246,15 @@ class CLIPStream(IterableDataset):
                     counter.skip(e.reason)
                     continue
                 counter.ok()
+                if ready is not None:
+                    yield self._batch(*ready, counter, {"worker": worker, "cursor": 0, "batch": n})
+                    ready = None
                 images.append(pixels), captions.append(caption), keys.append(key)
                 if len(images) == self.cfg.batch_size:
                     n += 1
-                    yield self._batch(images, captions, keys, counter, {"worker": worker, "cursor": 0, "batch": n})
-                    images, captions, keys = [], [], []
+                    ready, images, captions, keys = (images, captions, keys), [], [], []
+        if ready is not None:
+            yield self._batch(*ready, counter, {"worker": worker, "cursor": 0, "batch": n})
         if images:
             yield self._batch(images, captions, keys, counter, {"worker": worker, "cursor": 0, "batch": n + 1})
         counter.check(final=True)
