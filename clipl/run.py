@@ -1,7 +1,8 @@
 """run(recipe): the one orchestrator. recipe -> config -> module + data -> Trainer -> fit.
 
 A recipe is a Python file with ``config() -> RunConfig`` and, optionally, ``callbacks(cfg) ->
-list[Callback]`` for anything beyond the built-in checkpointing, throughput and evaluation callbacks.
+list[Callback]`` for anything beyond the built-in checkpointing, throughput and evaluation callbacks,
+and ``datamodule(cfg) -> LightningDataModule`` to replace clipl's data pipeline with one of its own.
 """
 
 from __future__ import annotations
@@ -142,12 +143,15 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     system = CLIPModule(cfg)
-    data = CLIPDataModule(
-        cfg.data,
-        image_size=cfg.model.image.image_size,
-        context_length=cfg.model.text.context_length,
-        seed=cfg.seed,
-    )
+    if callable(getattr(module, "datamodule", None)):
+        data = module.datamodule(cfg)
+    else:
+        data = CLIPDataModule(
+            cfg.data,
+            image_size=cfg.model.image.image_size,
+            context_length=cfg.model.text.context_length,
+            seed=cfg.seed,
+        )
     callbacks = checkpoint_callbacks(cfg.checkpoint, out_dir) + [ThroughputMonitor()]
     callbacks += build_eval_callbacks(cfg.eval, str(out_dir))
     if callable(getattr(module, "callbacks", None)):

@@ -39,13 +39,18 @@ def _ensure_builtins() -> None:
         importlib.import_module(name)
 
 
+def _qualname(obj: Any) -> str:
+    # A recipe file executed twice defines new but identical classes; that is not a name clash.
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
 def register(arch: str, config: type) -> Callable:
     """Decorator registering ``builder(cfg, embed_dim)`` for tower configs of type ``config``."""
     if not is_dataclass(config) or "arch" not in {f.name for f in fields(config)}:
         raise TypeError(f"{config.__name__} must be a dataclass with an `arch` field")
 
     def deco(builder: Callable[[Any, int], nn.Module]) -> Callable[[Any, int], nn.Module]:
-        if arch in _ARCHS and _ARCHS[arch][0] is not config:
+        if arch in _ARCHS and _qualname(_ARCHS[arch][0]) != _qualname(config):
             raise ValueError(f"tower architecture {arch!r} is already registered")
         _ARCHS[arch] = (config, builder)
         return builder

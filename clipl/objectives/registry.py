@@ -67,7 +67,9 @@ def register_objective(name: str, config: type) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if not isinstance(getattr(cls, "uses_logit_bias", None), bool):
             raise TypeError(f"objective {cls.__name__} must define a bool `uses_logit_bias`")
-        if name in _OBJECTIVES and _OBJECTIVES[name] != (config, cls):
+        # A recipe file executed twice defines new but identical classes: not a name clash.
+        same = lambda a, b: f"{a.__module__}.{a.__qualname__}" == f"{b.__module__}.{b.__qualname__}"  # noqa: E731
+        if name in _OBJECTIVES and not all(map(same, _OBJECTIVES[name], (config, cls))):
             raise ValueError(f"objective {name!r} is already registered")
         _OBJECTIVES[name] = (config, cls)
         return cls
