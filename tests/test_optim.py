@@ -212,3 +212,45 @@ def test_adam_defaults_for_tower_arch():
     assert adam_defaults_for(_Tower("timm")) == ([0.9, 0.98], 1e-6)
     with pytest.raises(TypeError, match="arch"):
         adam_defaults_for(object())
+
+
+def _tiny_clip(preset):
+    # Built from the tower builders directly so this test does not depend on every optional
+    # backbone of the registry importing.
+    from clipl.models import presets
+    from clipl.models.backbones.modified_resnet import build_modified_resnet
+    from clipl.models.backbones.text_transformer import build_text_transformer
+    from clipl.models.backbones.vit import build_vit
+    from clipl.models.clip import CLIPModel
+
+    cfg = getattr(presets, preset)()
+    image = (build_vit if cfg.image.arch == "vit" else build_modified_resnet)(cfg.image, cfg.embed_dim)
+    return cfg, CLIPModel(image, build_text_transformer(cfg.text, cfg.embed_dim))
+
+
+def test_groups_on_tiny_vit_clip_model():
+    cfg, model = _tiny_clip("tiny_vit")
+    groups = {g["name"]: g for g in param_groups(model, OptimConfig(text_lr=1e-4))}
+    decay_img, nodecay_img = _names(model, groups["image/decay"]), _names(model, groups["image/no_decay"])
+    decay_txt, nodecay_txt = _names(model, groups["text/decay"]), _names(model, groups["text/no_decay"])
+    assert {"visual.conv1.weight", "visual.proj"} <= decay_img
+    assert {"visual.class_embedding", "visual.positional_embedding", "visual.ln_pre.weight"} <= nodecay_img
+    assert {"text_projection", "transformer.resblocks.0.attn.in_proj_weight"} <= decay_txt
+    assert {"token_embedding.weight", "positional_embedding", "logit_scale", "ln_final.bias"} <= nodecay_txt
+    assert all(not n.startswith("visual.") for n in decay_txt | nodecay_txt)
+    assert all(not n.endswith(".bias") for n in decay_img | decay_txt)
+    assert groups["text/decay"]["lr"] == 1e-4 and groups["image/decay"]["lr"] == OptimConfig.lr
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    assert adam_defaults_for(cfg.image) == ([0.9, 0.98], 1e-6)
+
+
+def test_locks_on_tiny_clip_models():
+    cfg, model = _tiny_clip("tiny_rn")
+    assert adam_defaults_for(cfg.image) == ([0.9, 0.999], 1e-8)
+    _, model = _tiny_clip("tiny_vit")
+    apply_locks(model, OptimConfig(lock_image=True, lock_image_unlocked_groups=1))
+    trainable_visual = {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("visual.")}
+    assert trainable_visual == {"visual.proj"}  # the last group of the ViT is its projection
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("visual."))
+    names = {g["name"] for g in param_groups(model, OptimConfig())}
+    assert names == {"image/decay", "text/decay", "text/no_decay"}
