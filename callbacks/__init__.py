@@ -1,1 +1,29 @@
 """Lightning callbacks over clipl.eval (installed as clipl.callbacks)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from clipl.callbacks.eval_base import EvalCallback
+from clipl.callbacks.linear_probe import LinearProbeEval
+from clipl.callbacks.retrieval import RetrievalEval
+from clipl.callbacks.zero_shot import ZeroShotEval
+from clipl.eval.config import EvalConfig
+
+
+def build_eval_callbacks(
+    cfg: EvalConfig,
+    out_dir: Optional[str],
+    shapes: Any = None,
+    model_name: str = "clipl",
+    pretrained: str = "",
+) -> list[EvalCallback]:
+    """One callback per task with data sets in ``cfg``; results go to ``<out_dir>/eval/``.
+
+    ``shapes`` is the run's ShapesConfig (for "shapes" specs; None: the default set).
+    """
+    kinds = ((ZeroShotEval, cfg.zeroshot), (RetrievalEval, cfg.retrieval), (LinearProbeEval, cfg.linear_probe))
+    return [cls(list(specs), cfg, out_dir, model_name, pretrained, shapes) for cls, specs in kinds if specs]
+
+
+__all__ = ["EvalCallback", "LinearProbeEval", "RetrievalEval", "ZeroShotEval", "build_eval_callbacks"]
