@@ -176,6 +176,29 @@ def test_linear_and_constant_schedules():
     assert lr_multiplier(0, no_warm, 10) == pytest.approx(1.0)
 
 
+def test_optimizer_and_scheduler_state_load_weights_only(tmp_path):
+    # Checkpoints must load with torch.load(weights_only=True): no config objects in the states.
+    model = FakeCLIP()
+    cfg = OptimConfig(warmup_steps=3)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, total_steps=10)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    fresh_opt = build_optimizer(FakeCLIP(), cfg)
+    fresh = build_scheduler(fresh_opt, cfg, total_steps=10)
+    fresh_opt.load_state_dict(state["opt"])
+    fresh.load_state_dict(state["sched"])
+    fresh_opt.step()
+    fresh.step()
+    sched.step()
+    assert fresh.get_last_lr() == pytest.approx(sched.get_last_lr())
+
+
 def test_schedule_errors_name_the_field():
     opt = build_optimizer(FakeCLIP(), OptimConfig())
     with pytest.raises(ValueError, match="optim.schedule 'cosin'.*'cosine'"):

@@ -36,7 +36,7 @@ def check_equal_batch(local_batch: int, device: torch.device, group: ProcessGrou
         return
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
     dist.all_gather(sizes, torch.tensor([local_batch], dtype=torch.long, device=device), group=group)
-    found = [int(s.item()) for s in sizes]
+    found = torch.cat(sizes).tolist()  # one host sync, not one per rank
     if len(set(found)) != 1:
         raise ValueError(
             f"distributed objectives need the same local batch size on every rank, got {found} "
