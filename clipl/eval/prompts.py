@@ -82,9 +82,9 @@ def load_templates(spec: str, dataset_templates: Optional[list[str]] = None) -> 
     """
     if spec == "shapes":
         if not dataset_templates:
-            from clipl.eval.specs import shapes_dataset
+            from clipl.data.shapes_render import PROMPT_TEMPLATES  # the captions' style; no generation
 
-            dataset_templates = shapes_dataset().templates
+            dataset_templates = list(PROMPT_TEMPLATES)
         return _checked(list(dataset_templates), "the shapes data set")
     if spec in _TEMPLATE_SETS:
         return list(_TEMPLATE_SETS[spec]())

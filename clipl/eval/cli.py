@@ -1,0 +1,172 @@
+"""`clipl eval CHECKPOINT ...`: the training-time evaluations on a saved model, as a table and JSON.
+
+CHECKPOINT is a clipl Lightning checkpoint (model architecture, shapes set and evaluation settings
+come from its saved config) or an OpenAI / open_clip state dict (architecture from ``--model`` or,
+with clipl.models.weights, inferred from the tensor shapes). Under torchrun the data is sharded
+over the processes exactly as during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from clipl.eval.config import EvalConfig
+from clipl.eval.results import format_table, write_result
+from clipl.eval.runner import eval_mode, model_encoders, run_linear_probe, run_retrieval, run_zero_shot
+from clipl.eval.specs import resolve, resolve_probe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipl eval", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="clipl Lightning checkpoint (.ckpt) or OpenAI/open_clip state dict")
+    p.add_argument("--model", help="preset name (needed for a state dict unless clipl.models.weights infers it)")
+    p.add_argument("--zeroshot", action="append", metavar="DIR|SHARDS|shapes[:split]", help="zero-shot set (repeatable)")
+    p.add_argument("--retrieval", action="append", metavar="SHARDS|shapes[:split]", help="retrieval set (repeatable)")
+    p.add_argument("--linear-probe", action="append", metavar="DIR|SHARDS|shapes[:split]", help="linear-probe set (repeatable)")
+    p.add_argument("--out", help="folder for the clip_benchmark JSON files (none written if omitted)")
+    p.add_argument("--templates", help="builtin template set (openai, openai7, shapes, plain, photo) or a file")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--max-samples", type=int)
+    p.add_argument("--linear-probe-position", choices=["after", "before"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"], default="32-true",
+                   help="autocast for the forwards (match the training run to reproduce its numbers)")
+    return p
+
+
+def _strip(state: dict) -> dict:
+    # DDP/Lightning wrappers prefix keys; the model keys are OpenAI's layout underneath.
+    for prefix in ("model.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_for_eval(path: str, preset: Optional[str] = None) -> tuple[torch.nn.Module, Any, Optional[int]]:
+    """(CLIPModel, the run's RunConfig or None, global step or None) from a checkpoint file."""
+    from clipl.models import build_model
+
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p} is a directory (a DeepSpeed checkpoint?): convert it to one file first "
+                         "(clipl convert), then evaluate that file")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        ckpt = None  # e.g. OpenAI's TorchScript archives: only the weights importer reads those
+    if isinstance(ckpt, dict) and "state_dict" in ckpt and "hyper_parameters" in ckpt:
+        run_cfg = _run_config(ckpt["hyper_parameters"])
+        mcfg = _model_config(ckpt["hyper_parameters"], run_cfg)
+        model = build_model(preset) if preset else build_model(mcfg)
+        missing, unexpected = model.load_state_dict(_model_keys(ckpt["state_dict"]), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{p}: checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model, run_cfg, ckpt.get("global_step")
+    try:
+        from clipl.models.weights import load_model
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        return load_model(str(p), preset=preset), None, None
+    if ckpt is None or not preset:
+        raise ValueError(f"{p}: not a clipl checkpoint; importing other weights needs --model PRESET "
+                         "(and a plain state dict) until clipl.models.weights is available")
+    model = build_model(preset)
+    model.load_state_dict(_strip(ckpt.get("state_dict", ckpt)), strict=True)
+    return model, None, None
+
+
+def _model_keys(state: dict) -> dict:
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def _run_config(hp: dict) -> Any:
+    try:
+        from clipl.config.io import from_container
+        from clipl.config.schema import RunConfig
+
+        return from_container(RunConfig, dict(hp["config"]))
+    except Exception:  # an older or foreign schema: the model section alone still suffices
+        return None
+
+
+def _model_config(hp: dict, run_cfg: Any) -> Any:
+    if run_cfg is not None:
+        return run_cfg.model
+    from clipl.config.io import from_container
+    from clipl.models import ModelConfig
+
+    try:
+        return from_container(ModelConfig, dict(hp["config"]["model"]))
+    except KeyError as e:
+        raise ValueError("checkpoint hyper_parameters lack config.model: not a clipl checkpoint?") from e
+
+
+def _eval_config(args: argparse.Namespace, run_cfg: Any) -> EvalConfig:
+    base = getattr(run_cfg, "eval", None) or EvalConfig()
+    changes: dict[str, Any] = {}
+    if args.zeroshot or args.retrieval or args.linear_probe:
+        changes.update(zeroshot=args.zeroshot or [], retrieval=args.retrieval or [], linear_probe=args.linear_probe or [])
+    for field in ("templates", "batch_size", "num_workers", "max_samples", "linear_probe_position"):
+        if getattr(args, field) is not None:
+            changes[field] = getattr(args, field)
+    cfg = dataclasses.replace(base, **changes)
+    if not (cfg.zeroshot or cfg.retrieval or cfg.linear_probe):
+        raise ValueError("nothing to evaluate: pass --zeroshot, --retrieval or --linear-probe "
+                         "(or a checkpoint whose config lists eval sets)")
+    return cfg
+
+
+def _init_distributed(device: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `clipl eval`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _init_distributed(args.device)
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}") if args.device == "cuda" else torch.device(args.device)
+    model, run_cfg, step = load_for_eval(args.checkpoint, args.model)
+    cfg = _eval_config(args, run_cfg)
+    shapes = getattr(getattr(run_cfg, "data", None), "shapes", None)
+    model = model.to(device)
+    if args.precision == "32-true":
+        ctx = contextlib.nullcontext
+    else:
+        dtype = torch.bfloat16 if args.precision.startswith("bf16") else torch.float16
+        ctx = lambda: torch.autocast(device.type, dtype=dtype)  # noqa: E731
+    enc = model_encoders(model, device, cfg.linear_probe_position, forward_context=ctx)
+    rows = []
+    with eval_mode(model):
+        for spec in cfg.zeroshot:
+            for s in resolve(spec, "zeroshot", shapes):
+                rows.append(("zeroshot", s.name, run_zero_shot(enc, s, cfg).metrics))
+        for spec in cfg.retrieval:
+            for s in resolve(spec, "retrieval", shapes):
+                rows.append(("retrieval", s.name, run_retrieval(enc, s, cfg).metrics))
+        for spec in cfg.linear_probe:
+            for ps in resolve_probe(spec, shapes, cfg.linear_probe_train_fraction, cfg.seed):
+                res = run_linear_probe(enc, ps, cfg)
+                rows.append(("linear_probe", ps.name, {**res.metrics, "weight_decay": res.weight_decay}))
+    is_zero = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    if is_zero:
+        print(format_table(rows))
+        if args.out:
+            for task, name, metrics in rows:
+                path = write_result(args.out, name, task, metrics, model=args.model or "clipl",
+                                    pretrained=str(args.checkpoint), step=step)
+                print(f"wrote {path}")
+    return 0
