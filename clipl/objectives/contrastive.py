@@ -103,10 +103,13 @@ class ClipLoss(nn.Module):
                     check_equal_batch(batch, image.device, self.group)
                 all_image = all_gather_with_grad(image, self.group)
                 all_text = all_gather_with_grad(text, self.group)
+                # (scale * x) @ y.T scales B x D values instead of B x B_global logits.
+                logits_per_image = (scale * image) @ all_text.T  # (B_local, B_global)
+                logits_per_text = (scale * text) @ all_image.T
             else:
-                all_image, all_text = image, text
-            logits_per_image = scale * image @ all_text.T  # (B_local, B_global)
-            logits_per_text = scale * text @ all_image.T
+                # One process: the text->image logits are the transpose (saves a B x B x D matmul).
+                logits_per_image = (scale * image) @ text.T
+                logits_per_text = logits_per_image.T
             if logit_bias is not None:
                 # A shared bias cannot change a softmax; adding it keeps the parameter in the graph
                 # (zero gradient) so DDP does not report it as unused.
