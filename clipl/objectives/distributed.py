@@ -48,8 +48,9 @@ def check_equal_batch(local_batch: int, device: torch.device, group: ProcessGrou
 def _gather_cat(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     _, world_size = world(group)
     out = torch.empty((world_size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    if dist.get_backend(group) == dist.Backend.GLOO:
-        # gloo has no all_gather_into_tensor; the list form writes into views of `out`.
+    if x.device.type == "cpu":
+        # CPU tensors go through gloo, whose older releases lack all_gather_into_tensor; the list
+        # form writes into views of `out`. (Keyed on the device: backends may be "cpu:gloo,cuda:nccl".)
         dist.all_gather(list(out.chunk(world_size)), x, group=group)
     else:
         dist.all_gather_into_tensor(out, x, group=group)
@@ -69,9 +70,9 @@ class _AllGatherWithGrad(Function):
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous()
         n = grad.shape[0] // ctx.world_size
-        if dist.get_backend(ctx.group) == dist.Backend.GLOO:
-            # gloo lacks reduce_scatter: all-reduce the whole gradient, keep our slice (W x traffic,
-            # fine for the CPU backend).
+        if grad.device.type == "cpu":
+            # Older gloo lacks reduce_scatter: all-reduce the whole gradient and keep our slice
+            # (W x the traffic, fine for CPU runs).
             dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
             return grad[ctx.rank * n : (ctx.rank + 1) * n].clone(), None
         out = torch.empty((n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
