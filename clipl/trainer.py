@@ -291,6 +291,10 @@ def _ddp_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) ->
 def _deepspeed_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> Any:
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
+    from clipl.distributed.compat import patch_deepspeed_scalar_broadcast
+
+    # CLIP's logit_scale is a 0-dim parameter, which DeepSpeed's weight broadcasts cannot handle.
+    patch_deepspeed_scalar_broadcast()
     return DeepSpeedStrategy(
         config=lightning_deepspeed_config(cfg, micro_batch_size, accumulate),
         process_group_backend=cfg.process_group_backend,
@@ -362,17 +366,15 @@ def build_trainer(
 
 def apply_model_switches(model: nn.Module, cfg: TrainerConfig) -> nn.Module:
     """Apply ``channels_last`` and ``compile`` to a CLIPModel's towers, in place (keys unchanged)."""
-    towers = [model.visual] if hasattr(model, "visual") else []
-    # The OpenAI text transformer sits at the model's top level (OpenAI key layout); others under `text`.
-    text = getattr(model, "text", None)
-    text = text if isinstance(text, nn.Module) else getattr(model, "transformer", None)
-    if isinstance(text, nn.Module):
-        towers.append(text)
-    if cfg.channels_last and towers:
-        towers[0].to(memory_format=torch.channels_last)
+    if not (cfg.channels_last or cfg.compile):
+        return model
+    if not (hasattr(model, "visual") and hasattr(model, "text_tower")):
+        raise ValueError("trainer.channels_last/compile need a CLIPModel-like model with `visual` and `text_tower`")
+    # text_tower is the tower object even when its parameters are hoisted to the top level (OpenAI layout).
+    towers = [model.visual, model.text_tower]
+    if cfg.channels_last:
+        model.visual.to(memory_format=torch.channels_last)
     if cfg.compile:
-        if not towers:
-            raise ValueError("trainer.compile=true needs a model with a `visual` tower")
         # nn.Module.compile compiles forward in place; torch.compile(module) would wrap it and prefix
         # every state-dict key with `_orig_mod.`, breaking OpenAI-layout checkpoints.
         for tower in towers:

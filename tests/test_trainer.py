@@ -223,6 +223,7 @@ def test_apply_model_switches_keeps_keys():
             super().__init__()
             self.visual = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
             self.transformer = nn.Linear(4, 4)
+            self.text_tower = self.transformer
 
     model = Fake()
     keys = list(model.state_dict())
@@ -230,3 +231,10 @@ def test_apply_model_switches_keeps_keys():
     assert list(model.state_dict()) == keys
     assert model.visual[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert model.visual._compiled_call_impl is not None and model.transformer._compiled_call_impl is not None
+
+
+def test_apply_model_switches_needs_towers():
+    with pytest.raises(ValueError, match="text_tower"):
+        apply_model_switches(nn.Linear(2, 2), TrainerConfig(compile=True))
+    lin = nn.Linear(2, 2)
+    assert apply_model_switches(lin, TrainerConfig()) is lin

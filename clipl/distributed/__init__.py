@@ -1,5 +1,7 @@
-"""Distributed training helpers: DeepSpeed configs and ZeRO checkpoint conversion."""
+"""Distributed training helpers: DeepSpeed configs, a DeepSpeed scalar-parameter fix, ZeRO conversion."""
 
+from clipl.distributed.compat import patch_deepspeed_scalar_broadcast
+from clipl.distributed.convert import convert_zero_checkpoint, export_openai, openai_state_dict
 from clipl.distributed.deepspeed import (
     DeepSpeedOptions,
     deepspeed_config,
@@ -7,4 +9,13 @@ from clipl.distributed.deepspeed import (
     optimizer_class_for,
 )
 
-__all__ = ["DeepSpeedOptions", "deepspeed_config", "lightning_deepspeed_config", "optimizer_class_for"]
+__all__ = [
+    "DeepSpeedOptions",
+    "convert_zero_checkpoint",
+    "deepspeed_config",
+    "export_openai",
+    "lightning_deepspeed_config",
+    "openai_state_dict",
+    "optimizer_class_for",
+    "patch_deepspeed_scalar_broadcast",
+]
