@@ -45,12 +45,18 @@ def check_equal_batch(local_batch: int, device: torch.device, group: ProcessGrou
         )
 
 
+def _list_collectives(t: torch.Tensor) -> bool:
+    # CPU tensors go through gloo, whose older releases lack all_gather_into_tensor and
+    # reduce_scatter_tensor. Keyed on the device because a group's backend may be
+    # "cpu:gloo,cuda:nccl".
+    return t.device.type == "cpu"
+
+
 def _gather_cat(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     _, world_size = world(group)
     out = torch.empty((world_size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    if x.device.type == "cpu":
-        # CPU tensors go through gloo, whose older releases lack all_gather_into_tensor; the list
-        # form writes into views of `out`. (Keyed on the device: backends may be "cpu:gloo,cuda:nccl".)
+    if _list_collectives(x):
+        # The list form writes straight into the (contiguous) row blocks of `out`.
         dist.all_gather(list(out.chunk(world_size)), x, group=group)
     else:
         dist.all_gather_into_tensor(out, x, group=group)
@@ -70,9 +76,9 @@ class _AllGatherWithGrad(Function):
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous()
         n = grad.shape[0] // ctx.world_size
-        if grad.device.type == "cpu":
-            # Older gloo lacks reduce_scatter: all-reduce the whole gradient and keep our slice
-            # (W x the traffic, fine for CPU runs).
+        if _list_collectives(grad):
+            # No reduce_scatter: all-reduce the whole gradient and keep our slice (W x the
+            # traffic, fine for CPU runs).
             dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
             return grad[ctx.rank * n : (ctx.rank + 1) * n].clone(), None
         out = torch.empty((n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from clipl.objectives import build_objective, objective_config
+from clipl.objectives import build_objective, distributed, objective_config
 
 B, D_IMG, D_TXT, EMBED = 4, 6, 5, 8
 OBJECTIVES = ("clip", "siglip")
@@ -57,6 +57,18 @@ def _worker(rank, world_size, init_file, out_path):
     local = slice(rank * B, (rank + 1) * B)
     results = {}
     for objective in OBJECTIVES:
+        # The accelerator path (all_gather_into_tensor / reduce_scatter_tensor), which this
+        # torch's gloo also supports, so it is checked here too.
+        distributed._list_collectives = lambda t: False
+        model = _model()
+        loss = _step(model, objective, images[local], texts[local])
+        dist.all_reduce(loss)
+        grads = {}
+        for name, p in model.named_parameters():
+            dist.all_reduce(p.grad)
+            grads[name] = p.grad / world_size
+        results[objective, "tensor_collectives"] = (loss / world_size, grads)
+        distributed._list_collectives = lambda t: True
         # Manual averaging: what DDP does to gradients, written out.
         model = _model()
         loss = _step(model, objective, images[local], texts[local])
@@ -106,7 +118,7 @@ def test_distributed_equals_global_batch(world_size):
         model = _model()
         ref_loss = _step(model, objective, images, texts)
         ref_grads = {n: p.grad for n, p in model.named_parameters()}
-        for mode in ("manual", "ddp"):
+        for mode in ("manual", "ddp", "tensor_collectives"):
             loss, grads = results[objective, mode]
             torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
             assert set(grads) == set(ref_grads)
