@@ -326,6 +326,11 @@ def build_trainer(
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     accumulate = accumulation_for(cfg, micro_batch_size)
     deepspeed = cfg.strategy == "deepspeed"
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # Checkpointing is the caller's (clipl.run's) choice: without a ModelCheckpoint among the callbacks,
+    # Lightning would otherwise add its own and write a checkpoint at every epoch end.
+    checkpointing = any(isinstance(cb, ModelCheckpoint) for cb in callbacks)
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=parse_devices(cfg.devices),
@@ -350,6 +355,7 @@ def build_trainer(
         enable_progress_bar=cfg.enable_progress_bar,
         enable_model_summary=cfg.enable_model_summary,
         default_root_dir=str(out_dir),
+        enable_checkpointing=checkpointing,
         callbacks=list(callbacks),
         logger=loggers,
         plugins=plugins,

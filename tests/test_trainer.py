@@ -185,6 +185,17 @@ def test_fit_clipped_update_matches_manual(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_checkpointing_only_from_given_callbacks(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cfg = TrainerConfig(accelerator="cpu", devices="1")
+    bare = build_trainer(cfg, micro_batch_size=4, out_dir=str(tmp_path), callbacks=[], loggers=False)
+    assert bare.checkpoint_callback is None
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ck"))
+    given = build_trainer(cfg, micro_batch_size=4, out_dir=str(tmp_path), callbacks=[ckpt], loggers=False)
+    assert given.checkpoint_callbacks == [ckpt]
+
+
 def test_ddp_strategy_settings(tmp_path):
     from lightning.pytorch.strategies import DDPStrategy
 
