@@ -18,8 +18,12 @@ import torch
 from clipl.eval.dist import all_reduce_sum, gather_sorted, rank_and_world
 
 
-def _hits(queries: torch.Tensor, keys: torch.Tensor, positive, ks: Sequence[int], chunk_size: int, split: bool) -> torch.Tensor:
-    """Hit counts (len(ks),) of ``queries`` against ``keys``; ``positive(rows)`` -> bool (rows, N_keys)."""
+def _hits(queries: torch.Tensor, keys: torch.Tensor, best_positive, ks: Sequence[int], chunk_size: int, split: bool) -> torch.Tensor:
+    """Hit counts (len(ks),) of ``queries`` against ``keys``.
+
+    ``best_positive(lo, hi, sims)`` returns the best positive score of each query row in [lo, hi)
+    from that block's own similarities, so the comparison below is against bit-identical numbers.
+    """
     rank, world = rank_and_world() if split else (0, 1)
     kt = torch.tensor(list(ks), device=queries.device)
     hits = torch.zeros(len(ks), dtype=torch.long, device=queries.device)
@@ -27,12 +31,14 @@ def _hits(queries: torch.Tensor, keys: torch.Tensor, positive, ks: Sequence[int]
     # Chunk c goes to rank c % world: the chunk boundaries, hence every matmul, are the same for
     # any number of processes.
     for c in range(rank, n_chunks, world):
-        rows = torch.arange(c * chunk_size, min((c + 1) * chunk_size, queries.shape[0]), device=queries.device)
-        sims = queries[rows].float() @ keys.float().T
-        pos = positive(rows)
-        best_pos = sims.masked_fill(~pos, float("-inf")).amax(dim=1, keepdim=True)
-        n_better = ((sims > best_pos) & ~pos).sum(dim=1)  # negatives strictly above the best positive
+        lo, hi = c * chunk_size, min((c + 1) * chunk_size, queries.shape[0])
+        sims = queries[lo:hi].float() @ keys.float().T
+        best = best_positive(lo, hi, sims)
+        # No positive exceeds the best positive, so this counts negatives only; peak memory is
+        # the block (4 bytes per score) plus one bool mask.
+        n_better = (sims > best[:, None]).sum(dim=1)
         hits += (n_better[:, None] < kt[None, :]).sum(dim=0)
+        del sims  # freed before the next block is allocated: one block alive at a time
     return all_reduce_sum(hits) if split and world > 1 else hits
 
 
@@ -59,10 +65,18 @@ def retrieval_metrics(
         raise ValueError("retrieval needs at least one image and one caption")
     if torch.bincount(text_to_image, minlength=n_img).min() == 0:
         raise ValueError("every image needs at least one caption for image->text retrieval")
-    img_ids = torch.arange(n_img, device=image_features.device)
 
-    t2i = _hits(text_features, image_features, lambda r: text_to_image[r, None] == img_ids[None, :], ks, chunk_size, split_across_ranks)
-    i2t = _hits(image_features, text_features, lambda r: r[:, None] == text_to_image[None, :], ks, chunk_size, split_across_ranks)
+    def caption_image(lo, hi, sims):  # text -> image: each caption has one image
+        return sims.gather(1, text_to_image[lo:hi, None]).squeeze(1)
+
+    def best_caption(lo, hi, sims):  # image -> text: the best of the image's captions
+        mine = ((text_to_image >= lo) & (text_to_image < hi)).nonzero().squeeze(1)
+        row = text_to_image[mine] - lo
+        best = sims.new_full((hi - lo,), float("-inf"))
+        return best.scatter_reduce(0, row, sims[row, mine], reduce="amax")
+
+    t2i = _hits(text_features, image_features, caption_image, ks, chunk_size, split_across_ranks)
+    i2t = _hits(image_features, text_features, best_caption, ks, chunk_size, split_across_ranks)
     out = {}
     for j, k in enumerate(ks):
         out[f"image_retrieval_recall@{k}"] = float(t2i[j]) / n_txt
