@@ -74,13 +74,14 @@ class _AllGatherWithGrad(Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous()
         n = grad.shape[0] // ctx.world_size
         if _list_collectives(grad):
             # No reduce_scatter: all-reduce the whole gradient and keep our slice (W x the
-            # traffic, fine for CPU runs).
-            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-            return grad[ctx.rank * n : (ctx.rank + 1) * n].clone(), None
+            # traffic, fine for CPU runs). On a copy: autograd may still hold the incoming buffer.
+            total = grad.clone(memory_format=torch.contiguous_format)
+            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+            return total[ctx.rank * n : (ctx.rank + 1) * n], None
+        grad = grad.contiguous()
         out = torch.empty((n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
         dist.reduce_scatter_tensor(out, grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return out, None
