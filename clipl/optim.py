@@ -86,6 +86,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     ``model.no_weight_decay()`` (embeddings). The image tower is ``model.visual.*``; every other
     parameter, logit_scale included, follows ``text_lr``. Each group has a ``name`` key.
     """
+    # torch.compile(model) wraps it and prefixes parameter names with `_orig_mod.`; group the
+    # original module so names match its no_weight_decay() and the `visual.` prefix.
+    model = getattr(model, "_orig_mod", model)
     no_decay_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     # Tied parameters appear once in named_parameters(); any alias listed exempts the tensor.
     aliases = list(model.named_parameters(remove_duplicate=False))

@@ -93,6 +93,20 @@ def test_param_groups_decay_and_tower_lrs():
     assert sorted(all_ids) == sorted(id(p) for p in model.parameters())
 
 
+def test_groups_of_a_torch_compiled_model():
+    class Wrapper(nn.Module):
+        # The shape of torch.compile's OptimizedModule (importing dynamo costs ~10 s here).
+        def __init__(self, mod):
+            super().__init__()
+            self._orig_mod = mod
+
+    model = FakeCLIP()
+    compiled = Wrapper(model)
+    assert next(n for n, _ in compiled.named_parameters()).startswith("_orig_mod.")
+    names = {g["name"]: _names(model, g) for g in param_groups(compiled, OptimConfig())}
+    assert names == {g["name"]: _names(model, g) for g in param_groups(model, OptimConfig())}
+
+
 def test_frozen_params_are_left_out_and_unknown_names_fail():
     model = FakeCLIP()
     model.visual.requires_grad_(False)
