@@ -96,3 +96,31 @@ def test_parity_in_train_mode_tiny_rn_batch_stats():
     _assert_close(ref.train()(x), model.visual.train()(x), "tiny_rn visual (train mode)")
     for a, b in zip(ref.buffers(), model.visual.buffers()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["gelu", "quick_gelu"])
+def test_tiny_vit_parity_per_activation(act):
+    """The act field selects nn.GELU or QuickGELU exactly as open_clip's quick_gelu flag does."""
+    import dataclasses
+
+    from open_clip.model import CLIP
+
+    from clipl.models import preset
+
+    cfg = preset("tiny_vit")
+    cfg = dataclasses.replace(
+        cfg, image=dataclasses.replace(cfg.image, act=act), text=dataclasses.replace(cfg.text, act=act)
+    )
+    torch.manual_seed(0)
+    ref = CLIP(
+        embed_dim=128,
+        vision_cfg=dict(image_size=64, patch_size=8, width=128, layers=2, head_width=64),
+        text_cfg=dict(context_length=32, vocab_size=49408, width=128, heads=2, layers=2),
+        quick_gelu=act == "quick_gelu",
+    ).eval()
+    _perturb_(ref, seed=5)
+    ours = build_model(cfg).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    images, tokens = torch.randn(3, 3, 64, 64), random_tokens(3, 32, seed=6)
+    for r, o, what in zip(_encode(ref, images, tokens), _encode(ours, images, tokens), ["image", "text"]):
+        _assert_close(r, o, f"tiny_vit {act} {what}")
