@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import gzip
 import html
-import sys
+from array import array
+import unicodedata
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -32,9 +33,12 @@ DEFAULT_CONTEXT_LENGTH = 77
 SOT, EOT = "<start_of_text>", "<end_of_text>"
 # The released vocabulary: 256 byte symbols, the same with "</w>", 48,894 merges, 2 specials.
 NUM_MERGES = 49152 - 256 - 2
-# A cap on cached words so a long-running loader worker cannot grow without bound; when it is
-# reached the cache is simply emptied (cheap, and frequent words come straight back).
-MAX_CACHED_WORDS = 500_000
+# A cap on cached words and chunks so a long-running loader worker cannot grow without bound; when
+# it is reached the caches are simply emptied (cheap, and frequent words come straight back).
+MAX_CACHED = 1_000_000
+# Cached ids are packed as native int32 bytes (array typecode "i" is 4 bytes on every platform
+# torch supports); numpy reads them back with the matching dtype.
+_ID_TYPECODE, _ID_BYTES, _ID_DTYPE = "i", 4, np.dtype(np.intc)
 
 
 def byte_symbols() -> list[str]:
@@ -60,9 +64,44 @@ def _is_fast_path(text: str) -> bool:
     return text.isascii() and text.isprintable() and "&" not in text
 
 
+def _ftfy_noop_check():
+    """A predicate that is True only for text ftfy 6 provably returns unchanged, or None.
+
+    ftfy runs each fixer until nothing changes; if none applies on the first pass the text comes
+    back as is. The character-level fixers (C1 controls, ligatures, character widths, curly quotes,
+    line breaks, surrogates, terminal escapes, control characters) only act on characters in their
+    own tables, so text without those characters, already NFC, without "&" (HTML) or "\\n" (one
+    segment), and not flagged by ftfy's own mojibake detector ``is_bad`` is a fixed point.
+    """
+    try:
+        from ftfy import __version__ as version
+        from ftfy.badness import is_bad
+        from ftfy.chardata import CONTROL_CHARS, LIGATURES, WIDTH_MAP
+    except ImportError:
+        return None
+    if not version.startswith("6."):  # the reasoning above is checked against ftfy 6's fixers
+        return None
+    triggers = set(map(chr, [*CONTROL_CHARS, *LIGATURES, *WIDTH_MAP, *range(0x80, 0xA0)]))
+    triggers |= set("&\n\r\x1b\u2028\u2029\u02bc") | set(map(chr, range(0x2018, 0x2020)))
+    pattern = regex.compile("[" + "".join(regex.escape(c) for c in sorted(triggers)) + r"\p{Cs}]")
+
+    def unchanged(text: str) -> bool:
+        return (
+            len(text) < 1_000_000  # ftfy also segments very long text
+            and pattern.search(text) is None
+            and unicodedata.is_normalized("NFC", text)
+            and not is_bad(text)
+        )
+
+    return unchanged
+
+
+_ftfy_unchanged = _ftfy_noop_check()
+
+
 def clean_text(text: str) -> str:
     """OpenAI's cleaning: ftfy, HTML-unescape twice, collapse whitespace, strip, lower-case."""
-    if not _is_fast_path(text):
+    if not _is_fast_path(text) and not (_ftfy_unchanged is not None and _ftfy_unchanged(text)):
         text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return " ".join(text.split()).lower()
 
@@ -70,7 +109,7 @@ def clean_text(text: str) -> str:
 class CLIPTokenizer:
     """Byte-level BPE with <start_of_text>/<end_of_text>; ``__call__`` returns (N, context_length)."""
 
-    def __init__(self, merges_path: Union[str, Path] = DEFAULT_MERGES):
+    def __init__(self, merges_path: Union[str, Path] = DEFAULT_MERGES, use_rust: bool = True):
         path = Path(merges_path)
         if not path.is_file():
             raise FileNotFoundError(f"BPE merges file not found: {path}")
@@ -99,8 +138,11 @@ class CLIPTokenizer:
             rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
             regex.IGNORECASE,
         )
+        # The pattern matches the special tokens' text whole; they map to their own ids.
         self._specials = {SOT: [self.sot_token_id], EOT: [self.eot_token_id]}
-        self._cache: dict[str, list[int]] = {}
+        self._words: dict[str, list[int]] = dict(self._specials)  # pre-tokenised word -> ids
+        self._cache: dict[str, list[int]] = {}  # space-free chunk of cleaned text -> ids
+        self._rust = _rust_bpe(self.encoder, merges) if use_rust else None
 
     # -- BPE ---------------------------------------------------------------------------------------
     def _bpe(self, word: str) -> list[str]:
@@ -128,33 +170,51 @@ class CLIPTokenizer:
             parts = merged
         return parts
 
-    def _word_ids(self, word: str) -> list[int]:
-        if word in self._specials:  # the pattern matches the special tokens' text whole
-            return self._specials[word]
-        symbols = word.encode("utf-8").decode("latin-1").translate(self._to_symbols)
-        return [self.encoder[p] for p in self._bpe(symbols)]
+    def _bpe_ids(self, words: list[str]) -> list[list[int]]:
+        """Token ids of raw pre-tokenised words (uncached), through the Rust BPE when available."""
+        symbols = [w.encode("utf-8").decode("latin-1").translate(self._to_symbols) for w in words]
+        if self._rust is not None:
+            return [e.ids for e in self._rust.encode_batch_fast(symbols, add_special_tokens=False)]
+        return [[self.encoder[p] for p in self._bpe(s)] for s in symbols]
 
-    def _chunk_ids(self, chunk: str) -> list[int]:
-        """Ids of one space-free chunk of cleaned text, cached.
+    def _fill(self, chunks: Iterable[str]) -> None:
+        """Cache the ids of every uncached chunk (space-free piece of cleaned text), in one batch.
 
-        Exact because no pattern alternative matches a space: the matches of a cleaned text are the
-        matches of its space-separated chunks, in order.
+        Chunking is exact because no pattern alternative matches a space: the matches of a cleaned
+        text are the matches of its space-separated chunks, in order.
         """
-        ids = list(chain.from_iterable(self._word_ids(w) for w in self._pattern.findall(chunk)))
-        if len(self._cache) >= MAX_CACHED_WORDS:
-            self._cache = {}
-        self._cache[chunk] = ids
-        return ids
+        if len(self._cache) + len(self._words) > MAX_CACHED:
+            self._cache, self._words = {}, dict(self._specials)
+        missing = set(chunks).difference(self._cache)
+        if not missing:
+            return
+        split = {c: self._pattern.findall(c) for c in missing}
+        new_words = list({w for ws in split.values() for w in ws}.difference(self._words))
+        self._words.update(zip(new_words, self._bpe_ids(new_words)))
+        words = self._words
+        for chunk, ws in split.items():
+            self._cache[chunk] = array(_ID_TYPECODE, chain.from_iterable(words[w] for w in ws)).tobytes()
 
-    def _encode_chunks(self, chunks: list[str], limit: int) -> list[int]:
-        """Concatenated ids of ``chunks``, stopping once more than ``limit`` ids are collected."""
-        cache, out = self._cache, []
-        for chunk in chunks:
-            ids = cache.get(chunk)
-            out.extend(ids if ids is not None else self._chunk_ids(chunk))
-            if len(out) > limit:
-                break
-        return out
+    def _encode_chunks(self, chunks: list[str], room: int, fill: bool = True) -> bytes:
+        """Concatenated ids of ``chunks`` as packed int32 bytes; at least ``room`` ids if available.
+
+        With ``fill=False`` an uncached chunk raises KeyError instead of being resolved.
+        """
+        # A chunk normally gives >= 1 id, so the first room + 1 chunks cover what truncation keeps.
+        # This is the per-caption hot loop: ids are cached as packed bytes and joined in C, so no
+        # Python int objects are touched (memory latency, not arithmetic, dominates here).
+        head = chunks if len(chunks) <= room + 1 else chunks[: room + 1]
+        try:
+            ids = b"".join(map(self._cache.__getitem__, head))
+        except KeyError:
+            if not fill:
+                raise
+            self._fill(head)
+            ids = b"".join(map(self._cache.__getitem__, head))
+        if len(ids) <= room * _ID_BYTES and len(head) < len(chunks):  # a chunk gave no ids
+            self._fill(chunks)
+            ids = b"".join(map(self._cache.__getitem__, chunks))
+        return ids
 
     @staticmethod
     def _chunks(text: str) -> list[str]:
@@ -166,17 +226,18 @@ class CLIPTokenizer:
         """Token ids of ``text`` without <start_of_text>/<end_of_text>."""
         if not isinstance(text, str):
             raise TypeError(f"encode() expects a str, got {type(text).__name__}")
-        return self._encode_chunks(self._chunks(text), limit=sys.maxsize)
+        chunks = self._chunks(text)
+        return array(_ID_TYPECODE, self._encode_chunks(chunks, room=len(chunks))).tolist()
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` (a list or 1-D tensor); word ends become spaces, like OpenAI's decode."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        try:
-            symbols = "".join(self.decoder[int(i)] for i in ids)
-        except IndexError:
-            bad = next(int(i) for i in ids if not 0 <= int(i) < self.vocab_size)
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})") from None
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        symbols = "".join(self.decoder[i] for i in ids)
         raw = symbols.translate(self._from_symbols).encode("latin-1", errors="ignore")
         return raw.decode("utf-8", errors="replace").replace("</w>", " ")
 
@@ -194,25 +255,51 @@ class CLIPTokenizer:
             raise ValueError(f"context_length must be an int >= 2 (room for SOT and EOT), got {context_length!r}")
         room = context_length - 2
         sot, eot = self.sot_token_id, self.eot_token_id
-        rows = []
+        chunked = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is a {type(text).__name__}, expected str")
-            ids = self._encode_chunks(self._chunks(text), limit=room)
-            rows.append([sot, *ids[:room], eot])
-        return _pack(rows, context_length)
+            chunked.append(self._chunks(text))
+        cut = room * _ID_BYTES
+        rows: list[bytes] = []
+        pending = []  # rows with an unseen chunk: resolved together in one BPE batch below
+        for i, chunks in enumerate(chunked):
+            try:
+                rows.append(self._encode_chunks(chunks, room, fill=False)[:cut])
+            except KeyError:
+                rows.append(b"")
+                pending.append(i)
+        if pending:
+            self._fill(chain.from_iterable(chunked[i][: room + 1] for i in pending))
+            for i in pending:
+                rows[i] = self._encode_chunks(chunked[i], room)[:cut]
+        return _pack(rows, context_length, sot, eot)
 
 
-def _pack(rows: list[list[int]], context_length: int) -> torch.LongTensor:
-    # One vectorised scatter instead of a tensor per row: row r's tokens go to columns 0..len-1.
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+def _pack(rows: list[bytes], context_length: int, sot: int, eot: int) -> torch.LongTensor:
+    """(N, context_length) rows of SOT, the packed ids of each row, EOT, then zero padding."""
+    # One vectorised scatter instead of a tensor per row: row r's ids go to columns 1..len.
+    lengths = np.fromiter((len(r) // _ID_BYTES for r in rows), dtype=np.int64, count=len(rows))
     out = np.zeros((len(rows), context_length), dtype=np.int64)
-    if len(rows):
-        flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    out[:, 0] = sot
+    out[np.arange(len(rows)), lengths + 1] = eot
+    if lengths.sum():
+        flat = np.frombuffer(b"".join(rows), dtype=_ID_DTYPE)
         row_idx = np.repeat(np.arange(len(rows)), lengths)
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        out[row_idx, np.arange(flat.size) - starts] = flat
+        out[row_idx, np.arange(flat.size) - starts + 1] = flat
     return torch.from_numpy(out)
+
+
+def _rust_bpe(encoder: dict[str, int], merges: list[tuple[str, str]]):
+    """The BPE merge loop in Rust (``tokenizers``), fed byte-symbol words: no normaliser or
+    pre-tokeniser, since cleaning and splitting stay in Python with OpenAI's exact regex."""
+    try:
+        from tokenizers import Tokenizer, models
+    except ImportError:  # the pure-Python merge loop gives the same ids, only slower
+        return None
+    vocab = {tok: i for tok, i in encoder.items() if tok not in (SOT, EOT)}
+    return Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>"))
 
 
 @lru_cache(maxsize=None)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import clipl
-from clipl.tokenizer import CLIPTokenizer, _is_fast_path, clean_text, get_tokenizer
+from clipl.tokenizer import CLIPTokenizer, _ftfy_unchanged, _is_fast_path, clean_text, get_tokenizer
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -137,6 +137,25 @@ def test_fast_path_is_exact_cleaning():
             assert html.unescape(html.unescape(ftfy.fix_text(text))) == text
     assert not _is_fast_path("a\x0bb") and not _is_fast_path("x &amp; y") and not _is_fast_path("é")
     assert clean_text("  Hello\t&amp;amp;  WORLD ") == "hello & world"
+
+
+def test_ftfy_noop_shortcut_is_exact():
+    # Whenever the shortcut skips ftfy, ftfy must indeed return the text unchanged.
+    assert _ftfy_unchanged is not None, "ftfy 6 expected in the test environment"
+    skipped = [text for text in CORPUS if _ftfy_unchanged(text)]
+    assert len(skipped) > 300  # the shortcut is exercised, not vacuous
+    assert all(ftfy.fix_text(text) == text for text in skipped)
+    for text in ["Ã©tÃ©", "it’s", "ﬁne", "ＡＢＣ", "e\u0301", "a\nb", "x &amp; y", "\x9d"]:
+        assert not _ftfy_unchanged(text), text
+
+
+def test_rust_and_python_bpe_agree():
+    rust, python = CLIPTokenizer(), CLIPTokenizer(use_rust=False)
+    assert rust._rust is not None and python._rust is None
+    rng = random.Random(2)
+    words = [w for text in CORPUS[:300] for w in rust._pattern.findall(clean_text(text))]
+    words += ["".join(chr(rng.randrange(0x61, 0x7B)) for _ in range(rng.randint(1, 30))) for _ in range(200)]
+    assert rust._bpe_ids(words) == python._bpe_ids(words)
 
 
 def test_single_string_and_cache_consistency(tok):
