@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from clipl.data.transforms import normalize
+from clipl.objectives import effective_logit_scale
 
 
 class NonFiniteLossError(RuntimeError):
@@ -137,13 +138,14 @@ class CLIPModule(L.LightningModule):
             self.skipped_samples[reason] = self.skipped_samples.get(reason, 0) + int(n)
 
     def _log_step(self, loss: torch.Tensor, out: Any, batch: dict, finite: bool) -> None:
-        scale = out.logit_scale.detach().float().clamp(max=torch.log(torch.tensor(100.0))).exp()
+        scale = effective_logit_scale(out.logit_scale.detach().float(), self.config.objective.max_logit_scale)
         with torch.no_grad():
             logits = out.image_features.detach().float() @ out.text_features.detach().float().T
             target = torch.arange(logits.shape[0], device=logits.device)
             i2t = (logits.argmax(dim=1) == target).float().mean()
             t2i = (logits.argmax(dim=0) == target).float().mean()
-        self.log("train/loss", loss.detach() if finite else torch.nan, prog_bar=True)
+        # Each rank's loss is its rows of the global matrix; their mean is the global loss.
+        self.log("train/loss", loss.detach() if finite else torch.nan, prog_bar=True, sync_dist=True)
         self.log("train/logit_scale", scale)
         self.log("train/temperature", 1.0 / scale)
         self.log("train/acc_i2t", i2t)
