@@ -149,6 +149,22 @@ def test_ftfy_noop_shortcut_is_exact():
         assert not _ftfy_unchanged(text), text
 
 
+def test_mojibake_prefilter_is_sound():
+    from ftfy.badness import BADNESS_RE, is_bad
+
+    from clipl.tokenizer import _mojibake_suspects
+
+    suspects = _mojibake_suspects()
+    assert suspects is not None, "ftfy's BADNESS_RE changed: re-check _mojibake_suspects"
+    source = BADNESS_RE.pattern
+    # Every class range touching non-ASCII must start non-ASCII, or the expansion would miss it.
+    for i, c in enumerate(source[1:-1], start=1):
+        if c == "-" and not source[i + 1].isascii():
+            assert not source[i - 1].isascii(), source[i - 5 : i + 5]
+    clean = [text for text in CORPUS if suspects.search(text) is None]
+    assert len(clean) > 500 and not any(is_bad(text) for text in clean)
+
+
 def test_rust_and_python_bpe_agree():
     rust, python = CLIPTokenizer(), CLIPTokenizer(use_rust=False)
     assert rust._rust is not None and python._rust is None
