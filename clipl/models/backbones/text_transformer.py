@@ -74,7 +74,7 @@ class TextTransformer(nn.Module):
     def hoist_into(self, host: nn.Module) -> None:
         """Move this tower's parameters and submodules onto ``host`` (which then owns them alone).
 
-        The tower keeps working: attribute look-ups it cannot resolve fall through to ``host``. Single
+        The tower keeps working: look-ups of the moved names fall through to ``host``. Single
         ownership keeps .to()/.half(), DeepSpeed partitioning and optimizers seeing one set of names.
         """
         for name in self._hoist_order:
@@ -85,13 +85,11 @@ class TextTransformer(nn.Module):
         object.__setattr__(self, "_host", host)
 
     def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            host = self.__dict__.get("_host")
-            if host is None:
-                raise
+        # Only reached for names not in __dict__ (nn.Module keeps parameters/submodules in dicts).
+        host = self.__dict__.get("_host")
+        if host is not None and name in self._hoist_order:
             return getattr(host, name)
+        return super().__getattr__(name)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
