@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -195,9 +196,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     if not 0.0 <= cfg.min_lr_ratio <= 1.0:
         raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
     if total_steps <= cfg.warmup_steps and cfg.schedule != "constant":
-        raise ValueError(
-            f"total_steps ({total_steps}) must exceed optim.warmup_steps ({cfg.warmup_steps}) for the "
-            f"{cfg.schedule!r} schedule; lower warmup_steps or train longer"
+        # Smoke runs of paper recipes (trainer.max_steps=2 with 2,000 warm-up steps) are legitimate:
+        # the whole run is warm-up and the decay never starts. Say so rather than refuse.
+        warnings.warn(
+            f"the run ({total_steps} steps) is not longer than optim.warmup_steps ({cfg.warmup_steps}): "
+            f"the learning rate only warms up and never reaches its peak or the {cfg.schedule} decay"
         )
     return LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg, total_steps))
 
