@@ -152,9 +152,14 @@ def test_mismatch_names_first_key_and_shapes(tmp_path):
     path = export_state_dict(build_model("tiny_vit", embed_dim=64), tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match=r"'text_projection': checkpoint \(128, 64\) vs model \(128, 128\)"):
         load_model(path, preset="tiny_vit")
-    # A ViT checkpoint for a ResNet model: the keys themselves differ.
-    with pytest.raises(ValueError, match=r"missing keys: 'visual\.conv1\.weight'.*unexpected keys: 'visual\."):
-        check_state_dict(build_model("tiny_rn", embed_dim=64), load_state_dict_file(path), source=str(path))
+    # A ViT checkpoint for a ResNet model: the stems' first convolutions already disagree.
+    with pytest.raises(ValueError, match=r"'visual\.conv1\.weight': checkpoint \(128, 3, 8, 8\) vs model \(8, 3, 3, 3\)"):
+        load_model(path, preset="tiny_rn")
+    sd = load_state_dict_file(path)
+    sd.pop("logit_scale")
+    sd["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"missing keys: 'logit_scale'; unexpected keys: 'extra\.weight'"):
+        check_state_dict(build_model("tiny_vit", embed_dim=64), sd)
 
 
 def test_bad_files_have_clear_errors(tmp_path):
