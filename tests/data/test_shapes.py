@@ -88,6 +88,29 @@ def test_shapes_through_the_datamodule(tmp_path, tok):
     assert float(b["image"].float().std()) > 20
 
 
+def test_json_captions_pick_one_per_epoch(tmp_path):
+    from clipl.data.datamodule import CLIPDataModule
+    from clipl.data.shapes import tiny_config
+
+    cfg = DataConfig(train="shapes", caption_key="json:captions", batch_size=64, num_workers=0,
+                     shapes=tiny_config(cache_dir=str(tmp_path)))
+    dm = CLIPDataModule(cfg, image_size=32, context_length=12, tokenizer=lambda texts, n: list(texts))
+    dm.setup()
+    epochs = [{k: c for b in dm.train_dataloader() for k, c in zip(b["key"], b["text"])} for _ in range(3)]
+    ds = ensure_shapes(cfg.shapes)
+    captions = {}
+    for shard in braceexpand(ds.train):
+        with tarfile.open(shard) as tar:
+            for n in tar.getnames():
+                if n.endswith(".json"):
+                    captions[n[:-5]] = json.loads(tar.extractfile(n).read())["captions"]
+    keys = set(epochs[0]) & set(epochs[1]) & set(epochs[2])
+    assert len(keys) > 100
+    assert all(e[k] in captions[k] for e in epochs for k in keys)
+    changed = sum(len({e[k] for e in epochs}) > 1 for k in keys) / len(keys)
+    assert changed > 0.5  # 5 captions, some of them equal: most samples change caption across 3 epochs
+
+
 def test_cli_writes_the_set(tmp_path, capsys):
     assert data_cli(["shapes", "--out", str(tmp_path), "--train-size", "20", "--val-size", "4",
                      "--eval-size", "8", "--num-procs", "1"]) == 0
