@@ -2,7 +2,7 @@
 
 CHECKPOINT is a clipl Lightning checkpoint (model architecture, shapes set and evaluation settings
 come from its saved config) or an OpenAI / open_clip state dict (architecture from ``--model`` or,
-with clipl.models.weights, inferred from the tensor shapes). Under torchrun the data is sharded
+by clipl.models.weights, inferred from the tensor shapes). Under torchrun the data is sharded
 over the processes exactly as during training.
 """
 
@@ -36,34 +36,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int)
     p.add_argument("--max-samples", type=int)
     p.add_argument("--linear-probe-position", choices=["after", "before"])
+    p.add_argument("--trust-torchscript", action="store_true",
+                   help="allow loading an OpenAI TorchScript archive (it can run code: only trusted files)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"], default="32-true",
                    help="autocast for the forwards (match the training run to reproduce its numbers)")
     return p
 
 
-def _strip(state: dict) -> dict:
-    # DDP/Lightning wrappers prefix keys; the model keys are OpenAI's layout underneath.
-    for prefix in ("model.", "module."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
+def load_for_eval(path: str, preset: Optional[str] = None, trust_torchscript: bool = False) -> tuple[torch.nn.Module, Any, Optional[int]]:
+    """(CLIPModel, the run's RunConfig or None, global step or None) from a checkpoint.
 
-
-def load_for_eval(path: str, preset: Optional[str] = None) -> tuple[torch.nn.Module, Any, Optional[int]]:
-    """(CLIPModel, the run's RunConfig or None, global step or None) from a checkpoint file."""
+    A clipl Lightning checkpoint carries its config; anything else (OpenAI / open_clip files or
+    folders) goes through clipl.models.weights.load_model, which infers the architecture.
+    """
     from clipl.models import build_model
+    from clipl.models.weights import load_model
 
     p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{p} is a directory (a DeepSpeed checkpoint?): convert it to one file first "
-                         "(clipl convert), then evaluate that file")
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:
-        ckpt = None  # e.g. OpenAI's TorchScript archives: only the weights importer reads those
+    ckpt = None
+    if p.is_file():
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:
+            ckpt = None  # TorchScript archives and other formats: the weights importer decides
     if isinstance(ckpt, dict) and "state_dict" in ckpt and "hyper_parameters" in ckpt:
         run_cfg = _run_config(ckpt["hyper_parameters"])
         mcfg = _model_config(ckpt["hyper_parameters"], run_cfg)
@@ -72,18 +70,7 @@ def load_for_eval(path: str, preset: Optional[str] = None) -> tuple[torch.nn.Mod
         if missing or unexpected:
             raise ValueError(f"{p}: checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model, run_cfg, ckpt.get("global_step")
-    try:
-        from clipl.models.weights import load_model
-    except ImportError:
-        load_model = None
-    if load_model is not None:
-        return load_model(str(p), preset=preset), None, None
-    if ckpt is None or not preset:
-        raise ValueError(f"{p}: not a clipl checkpoint; importing other weights needs --model PRESET "
-                         "(and a plain state dict) until clipl.models.weights is available")
-    model = build_model(preset)
-    model.load_state_dict(_strip(ckpt.get("state_dict", ckpt)), strict=True)
-    return model, None, None
+    return load_model(str(p), preset=preset, trust_torchscript=trust_torchscript), None, None
 
 
 def _model_keys(state: dict) -> dict:
@@ -139,7 +126,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _init_distributed(args.device)
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}") if args.device == "cuda" else torch.device(args.device)
-    model, run_cfg, step = load_for_eval(args.checkpoint, args.model)
+    model, run_cfg, step = load_for_eval(args.checkpoint, args.model, args.trust_torchscript)
     cfg = _eval_config(args, run_cfg)
     shapes = getattr(getattr(run_cfg, "data", None), "shapes", None)
     model = model.to(device)

@@ -66,19 +66,12 @@ def test_cli_overrides_and_state_dict(setup, capsys, tmp_path):
     tmp, cfg, model, ckpt = setup
     sd = tmp_path / "weights.pt"
     torch.save(model.state_dict(), sd)
-    try:
-        import clipl.models.weights  # noqa: F401
-        has_importer = True
-    except ImportError:
-        has_importer = False
-    if not has_importer:
-        with pytest.raises(ValueError, match="--model PRESET"):
-            cli.main([str(sd), "--zeroshot", "x"])
     # A state dict has no run config: point at the same shapes set through its directory.
     from clipl.data.shapes import ensure_shapes
 
     shape_split = str(ensure_shapes(cfg.data.shapes).root / "shape")
-    assert cli.main([str(sd), "--model", "tiny_vit", "--zeroshot", f"shapes_shape={shape_split}", "--templates",
+    # No --model: the architecture is inferred from the tensor shapes.
+    assert cli.main([str(sd), "--zeroshot", f"shapes_shape={shape_split}", "--templates",
                      "shapes", "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
     rec = json.loads(next((tmp_path / "o").glob("*.json")).read_text())
     enc = model_encoders(model, "cpu")
@@ -91,5 +84,16 @@ def test_cli_errors(tmp_path, setup):
     _, _, _, ckpt = setup
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         cli.main([str(tmp_path / "nope.ckpt")])
-    with pytest.raises(ValueError, match="directory"):
-        cli.main([str(tmp_path)])
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        cli.main([str(_no_eval_ckpt(tmp_path))])
+
+
+def _no_eval_ckpt(tmp_path):
+    from clipl.models.clip import CLIPModel
+
+    cfg = RunConfig(model=_tiny_cfg())
+    model = CLIPModel.from_config(cfg.model)
+    path = tmp_path / "noeval.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"config": to_container(cfg)}}, path)
+    return path
