@@ -47,7 +47,10 @@ class EvalSet:
 
 
 def scan_image_folder(root: str | Path, name: Optional[str] = None) -> EvalSet:
-    """ImageFolder layout: one sub-folder per class (sorted; underscores read as spaces)."""
+    """ImageFolder layout: one sub-folder per class (sorted; underscores read as spaces).
+
+    A ``classnames.txt`` beside the folders (one name per folder, in sorted folder order) wins.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"ImageFolder directory not found: {root}")
@@ -61,7 +64,12 @@ def scan_image_folder(root: str | Path, name: Optional[str] = None) -> EvalSet:
     if not samples:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under the class folders of {root}")
     templates = read_lines(root / "templates.txt", "templates") if (root / "templates.txt").is_file() else None
-    return EvalSet(name or root.name, samples, [d.name.replace("_", " ") for d in class_dirs], templates)
+    names = [d.name.replace("_", " ") for d in class_dirs]
+    if (root / "classnames.txt").is_file():  # e.g. ImageNet's WordNet-id folders, in sorted order
+        names = read_lines(root / "classnames.txt", "class names")
+        if len(names) != len(class_dirs):
+            raise ValueError(f"{root}/classnames.txt has {len(names)} names for {len(class_dirs)} class folders")
+    return EvalSet(name or root.name, samples, names, templates)
 
 
 def expand_shards(spec: str) -> list[Path]:

@@ -46,6 +46,11 @@ def test_image_folder_classnames_and_labels(folder):
     assert [x.label for x in s.samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     (sz,) = resolve(str(folder), "zeroshot")
     assert sz.classnames == s.classnames
+    (folder / "classnames.txt").write_text("dog\nfox\ncat\n")
+    assert scan_image_folder(folder).classnames == ["dog", "fox", "cat"]
+    (folder / "classnames.txt").write_text("dog\n")
+    with pytest.raises(ValueError, match="1 names for 3 class folders"):
+        scan_image_folder(folder)
     item = EvalImageDataset(s, 32)[3]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
     assert item["image"][:, 0, 0].tolist() == [255, 0, 0] and item["label"] == 1
