@@ -86,9 +86,10 @@ class EvalCallback(L.Callback):
             return
         self._run(trainer, pl_module, log_with_module=True)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
+        # The end-of-fit evaluation runs here, not in on_fit_end: by then the strategy has torn
+        # down (model moved to the CPU, DeepSpeed engine gone). self.log is not allowed here.
         if self.cfg.on_fit_end and trainer.global_step != self._last_step:
-            # self.log is not allowed in on_fit_end (no callback_metrics update there).
             self._run(trainer, pl_module, log_with_module=False)
 
     # --------------------------------------------------------------------------------- machinery

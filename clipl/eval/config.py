@@ -26,7 +26,8 @@ class EvalConfig:
     on_validation_end: bool = True
     """Evaluate at the end of every validation epoch (never during the sanity check)."""
     on_fit_end: bool = True
-    """Evaluate once more when fitting ends (skipped if the last evaluation was at the same step)."""
+    """Evaluate once more when training ends, still on the accelerator (skipped if the last
+    evaluation was at the same step)."""
     batch_size: int = 64
     """Images per forward pass on each rank."""
     num_workers: int = 2

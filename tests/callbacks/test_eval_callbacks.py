@@ -162,3 +162,20 @@ def test_wandb_tables_only_for_wandb(tmp_path, shapes):
     # Any other logger: no tables, no errors.
     plain = SimpleNamespace(global_step=3, is_global_zero=True, loggers=[CSVLogger(tmp_path)], precision_plugin=None)
     RetrievalEval(["shapes"], _cfg(wandb_examples=2), None, shapes=shapes)._run(plain, system, log_with_module=False)
+
+
+def test_end_of_training_evaluation(tmp_path, shapes):
+    cfg = _cfg(zeroshot=["shapes:shape"], every_n_steps=3, on_validation_end=False, max_samples=8)
+    cb = ZeroShotEval(cfg.zeroshot, cfg, str(tmp_path), shapes=shapes)
+    seen = []
+    real_run = cb._run
+    cb._run = lambda trainer, pl_module, log_with_module: (seen.append((trainer.global_step, log_with_module)),
+                                                           real_run(trainer, pl_module, log_with_module))
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=CSVLogger(tmp_path, name="logs"), callbacks=[cb],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(TinySystem(), _loader())
+    assert sorted(p.name for p in (tmp_path / "eval").glob("*.json")) == [
+        "zeroshot_classification_shapes_shape_step00000003.json", "zeroshot_classification_shapes_shape_step00000004.json"]
+    rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
+    assert [int(r["step"]) for r in rows if r.get("val/zeroshot/shapes_shape/top1")] == [3, 4]
+    assert seen == [(3, True), (4, False)]  # the last one from on_train_end (self.log not allowed there)
