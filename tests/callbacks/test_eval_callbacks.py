@@ -179,3 +179,25 @@ def test_end_of_training_evaluation(tmp_path, shapes):
     rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
     assert [int(r["step"]) for r in rows if r.get("val/zeroshot/shapes_shape/top1")] == [3, 4]
     assert seen == [(3, True), (4, False)]  # the last one from on_train_end (self.log not allowed there)
+
+
+@pytest.mark.slow
+def test_callbacks_under_two_process_ddp_match_one_process(tmp_path, shapes):
+    """Lightning DDP (2 CPU processes, gloo): sharded callback results equal a 1-process evaluation."""
+    cfg = _cfg(zeroshot=["shapes:colour"], retrieval=["shapes"], linear_probe=["shapes:shape"], max_captions=3)
+    system = TinySystem()
+    cbs = build_eval_callbacks(cfg, str(tmp_path / "ddp"), shapes=shapes)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, callbacks=cbs,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+    trainer.validate(system, _loader(1))
+    single = build_eval_callbacks(cfg, str(tmp_path / "one"), shapes=shapes)
+    one = SimpleNamespace(global_step=0, is_global_zero=True, loggers=[], precision_plugin=None)
+    for cb in single:
+        cb._run(one, system, log_with_module=False)
+    names = sorted(p.name for p in (tmp_path / "one" / "eval").glob("*.json"))
+    assert len(names) == 3
+    assert names == sorted(p.name for p in (tmp_path / "ddp" / "eval").glob("*.json"))
+    for n in names:
+        a = json.loads((tmp_path / "ddp" / "eval" / n).read_text())["metrics"]
+        b = json.loads((tmp_path / "one" / "eval" / n).read_text())["metrics"]
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a), (n, a, b)
