@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=1024, help="captions per tokenizer call")
     parser.add_argument("--non-ascii", type=float, default=0.1, help="fraction of non-ASCII captions")
+    parser.add_argument("--rounds", type=int, default=3, help="warm rounds (best of)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -73,10 +74,16 @@ def main() -> None:
     reference, ours = SimpleTokenizer(), CLIPTokenizer()  # fresh instances: empty caches
     print(f"{len(texts)} captions, batch {args.batch}, "
           f"{sum(not t.isascii() or '&' in t for t in texts)} with non-ASCII or '&'")
-    for name in ("cold", "warm"):
-        ref_rate, ref_out = _throughput(lambda b: reference(b, context_length=77), texts, args.batch)
-        our_rate, our_out = _throughput(lambda b: ours(b, context_length=77), texts, args.batch)
-        assert torch.equal(ref_out, our_out), "clipl and open_clip token ids differ"
+    # Cold: one pass each from empty caches. Warm: interleaved rounds, best of each (the least
+    # disturbed by other processes).
+    for name, rounds in (("cold", 1), ("warm", args.rounds)):
+        ref_rate = our_rate = 0.0
+        for _ in range(rounds):
+            rate, ref_out = _throughput(lambda b: reference(b, context_length=77), texts, args.batch)
+            ref_rate = max(ref_rate, rate)
+            rate, our_out = _throughput(lambda b: ours(b, context_length=77), texts, args.batch)
+            our_rate = max(our_rate, rate)
+            assert torch.equal(ref_out, our_out), "clipl and open_clip token ids differ"
         print(f"{name}: open_clip {ref_rate:,.0f} captions/s | clipl {our_rate:,.0f} captions/s | "
               f"ratio {our_rate / ref_rate:.1f}x | outputs identical")
 

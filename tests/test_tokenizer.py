@@ -161,7 +161,7 @@ def test_mojibake_prefilter_is_sound():
     for i, c in enumerate(source[1:-1], start=1):
         if c == "-" and not source[i + 1].isascii():
             assert not source[i - 1].isascii(), source[i - 5 : i + 5]
-    clean = [text for text in CORPUS if suspects.search(text) is None]
+    clean = [text for text in CORPUS if suspects.isdisjoint(text)]
     assert len(clean) > 500 and not any(is_bad(text) for text in clean)
 
 
