@@ -168,6 +168,8 @@ def default_cache_dir() -> Path:
 def ensure_shapes(cfg: ShapesConfig | None = None) -> ShapesDataset:
     """Generate the set for `cfg` unless it is already cached; safe when several ranks call it at once."""
     cfg = cfg or ShapesConfig()
+    if not isinstance(cfg, ShapesConfig):  # e.g. an OmegaConf DictConfig node of a run config
+        cfg = ShapesConfig(**{f.name: cfg[f.name] for f in dataclasses.fields(ShapesConfig)})
     base = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     root = base / config_hash(cfg)
     if (root / "DONE").exists():
