@@ -26,7 +26,8 @@ class RetrievalEval(EvalCallback):
         for s in self._sets:
             # Every rank must take the same code path (collectives inside), so the example count
             # does not depend on the rank; only rank 0 renders them.
-            res = run_retrieval(enc, s, self.cfg, n_examples=self.cfg.wandb_examples if self._wants_examples(trainer) else 0)
+            n_examples = self.cfg.wandb_examples if self._wants_examples(trainer) else 0
+            res = run_retrieval(enc, s, self.cfg, n_examples=n_examples)
             if wandb_loggers and res.examples:
                 self._log_examples(wandb_loggers, s, res.examples, enc.image_size)
             out.append((s.name, res.metrics, res.metrics))

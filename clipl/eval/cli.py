@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_for_eval(path: str, preset: Optional[str] = None, trust_torchscript: bool = False) -> tuple[torch.nn.Module, Any, Optional[int]]:
+def load_for_eval(
+    path: str, preset: Optional[str] = None, trust_torchscript: bool = False
+) -> tuple[torch.nn.Module, Any, Optional[int]]:
     """(CLIPModel, the run's RunConfig or None, global step or None) from a checkpoint.
 
     A clipl Lightning checkpoint carries its config; anything else (OpenAI / open_clip files or
@@ -68,7 +70,8 @@ def load_for_eval(path: str, preset: Optional[str] = None, trust_torchscript: bo
         model = build_model(preset) if preset else build_model(mcfg)
         missing, unexpected = model.load_state_dict(_model_keys(ckpt["state_dict"]), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{p}: checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(f"{p}: checkpoint does not fit the model: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model, run_cfg, ckpt.get("global_step")
     return load_model(str(p), preset=preset, trust_torchscript=trust_torchscript), None, None
 
@@ -103,7 +106,8 @@ def _eval_config(args: argparse.Namespace, run_cfg: Any) -> EvalConfig:
     base = getattr(run_cfg, "eval", None) or EvalConfig()
     changes: dict[str, Any] = {}
     if args.zeroshot or args.retrieval or args.linear_probe:
-        changes.update(zeroshot=args.zeroshot or [], retrieval=args.retrieval or [], linear_probe=args.linear_probe or [])
+        changes.update(zeroshot=args.zeroshot or [], retrieval=args.retrieval or [],
+                       linear_probe=args.linear_probe or [])
     for field in ("templates", "batch_size", "num_workers", "max_samples", "linear_probe_position"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
@@ -125,7 +129,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `clipl eval`; returns the exit code."""
     args = build_parser().parse_args(argv)
     _init_distributed(args.device)
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}") if args.device == "cuda" else torch.device(args.device)
+    local = os.environ.get("LOCAL_RANK", "0")
+    device = torch.device(f"cuda:{local}") if args.device == "cuda" else torch.device(args.device)
     model, run_cfg, step = load_for_eval(args.checkpoint, args.model, args.trust_torchscript)
     cfg = _eval_config(args, run_cfg)
     shapes = getattr(getattr(run_cfg, "data", None), "shapes", None)

@@ -85,7 +85,8 @@ def expand_shards(spec: str) -> list[Path]:
     paths = [Path(s) for s in braceexpand(spec)]
     missing = [str(s) for s in paths if not s.is_file()]
     if missing:
-        raise FileNotFoundError(f"eval shard(s) not found: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        more = " ..." if len(missing) > 3 else ""
+        raise FileNotFoundError(f"eval shard(s) not found: {', '.join(missing[:3])}{more}")
     return paths
 
 
@@ -97,7 +98,8 @@ def _index_tar(path: Path) -> list[Sample]:
             stem, dot, ext = Path(m.name).name.partition(".")
             key = str(Path(m.name).parent / stem)
             groups.setdefault(key, {})[ext.lower()] = m
-        texts = {key: {e: tar.extractfile(m).read() for e, m in g.items() if e in ("cls", "txt", "json")} for key, g in groups.items()}
+        small = ("cls", "txt", "json")  # read now; images are read lazily by byte range
+        texts = {key: {e: tar.extractfile(m).read() for e, m in g.items() if e in small} for key, g in groups.items()}
     samples = []
     for key, g in groups.items():
         img = next((e for e in ("jpg", "jpeg", "png", "webp") if e in g), None)
@@ -124,7 +126,7 @@ def scan_shards(spec: str, name: Optional[str] = None) -> EvalSet:
     folder = paths[0].parent
     classnames = read_lines(folder / "classnames.txt", "class names") if (folder / "classnames.txt").is_file() else None
     templates = read_lines(folder / "templates.txt", "templates") if (folder / "templates.txt").is_file() else None
-    return EvalSet(name or (folder.name if Path(spec).suffix or "{" in spec else Path(spec).name), samples, classnames, templates)
+    return EvalSet(name or folder.name, samples, classnames, templates)
 
 
 def load_image(source: Any, size: int) -> torch.Tensor:

@@ -105,7 +105,8 @@ def gather_retrieval_features(
     key = text_image_index.long() * span + text_slot.long()
     _, txt_img, txt_feats = gather_sorted(key, text_image_index.long(), text_features)
     text_to_image = torch.searchsorted(img_idx, txt_img)
-    if (text_to_image >= img_idx.numel()).any() or (img_idx[text_to_image.clamp(max=img_idx.numel() - 1)] != txt_img).any():
+    found = img_idx[text_to_image.clamp(max=img_idx.numel() - 1)] if img_idx.numel() else txt_img - 1
+    if (text_to_image >= img_idx.numel()).any() or (found != txt_img).any():
         raise ValueError("a caption refers to an image index that no rank holds")
     return img_feats, txt_feats, text_to_image
 

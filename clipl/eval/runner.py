@@ -141,7 +141,8 @@ class ZeroShotResult:
 def run_zero_shot(enc: Encoders, s: EvalSet, cfg: EvalConfig, weights: Optional[torch.Tensor] = None) -> ZeroShotResult:
     """Zero-shot classification of ``s`` (this rank's shard; counts reduced over ranks)."""
     if weights is None:
-        weights = classifier_weights(enc.text, _tokenizer(enc.context_length), s.classnames, templates_for(s, cfg), cfg.batch_size)
+        tokenize = _tokenizer(enc.context_length)
+        weights = classifier_weights(enc.text, tokenize, s.classnames, templates_for(s, cfg), cfg.batch_size)
     rank, world = rank_and_world()
     ds = EvalImageDataset(s, enc.image_size, rank, world, indices=_limit(len(s.samples), cfg))
     counter = ZeroShotCounter(len(s.classnames), device=enc.device)

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clipl.eval.linear_probe import fit_logistic_regression, linear_probe
 
