@@ -22,8 +22,9 @@ import torch
 
 # Lightning checkpoint entries worth keeping in a weights-only checkpoint; optimizer, loop and
 # callback states are tied to the sharded run and are dropped (resume from the ZeRO directory instead).
+# "clipl" holds CLIPModule's counters (samples seen, skipped steps), plain ints by construction.
 _KEEP = ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters", "hparams_name",
-         "datamodule_hyper_parameters", "datamodule_hparams_name")
+         "datamodule_hyper_parameters", "datamodule_hparams_name", "clipl")
 # Old Lightning (< 2.1) saved the LightningModule under this wrapper attribute.
 _WRAPPER_PREFIX = "_forward_module."
 

@@ -53,17 +53,31 @@ def test_convert_equals_engine_weights(fp32_run, stage, tmp_path):
     ckpt = torch.load(out, map_location="cpu", weights_only=True)  # plain containers only
     ref = torch.load(fp32_run / f"ref{stage}.pt", weights_only=True)
     sd = ckpt["state_dict"]
-    expected_keys = set(zero_worker.Wrapper(_fresh_model()).state_dict())
+    fresh = zero_worker.system("micro")
+    fresh.configure_model()
+    expected_keys = set(fresh.state_dict())
     assert set(sd) == expected_keys
     for name, want in ref["weights"].items():
         got = sd[name]
         assert got.dtype == (torch.float32 if want.is_floating_point() and got.is_floating_point() else got.dtype)
         torch.testing.assert_close(got.float(), want, rtol=0, atol=0, msg=f"{name} differs from the engine")
-    assert ckpt["hyper_parameters"] == {"config": {"model": "micro"}}
-    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 3
-    assert "optimizer_states" not in ckpt and "module" not in ckpt
+    assert ckpt["hyper_parameters"] == dict(fresh.hparams)
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 3 and ckpt["clipl"]["samples_seen"] == 12
+    assert "loops" not in ckpt and "module" not in ckpt and "optimizer" not in ckpt
     assert ckpt["clipl_conversion"]["zero_stage"] == int(stage[0])
     assert ckpt["clipl_conversion"]["tag"] == "checkpoint"
+
+
+def test_load_from_checkpoint_restores_the_module(fp32_run, tmp_path):
+    from clipl.module import CLIPModule
+
+    ckpt = convert_zero_checkpoint(fp32_run / "zero3", tmp_path / "model.ckpt")
+    restored = CLIPModule.load_from_checkpoint(ckpt, map_location="cpu")
+    ref = torch.load(fp32_run / "ref3.pt", weights_only=True)
+    state = restored.state_dict()
+    for name, want in ref["weights"].items():
+        torch.testing.assert_close(state[name].float(), want, rtol=0, atol=0, msg=name)
+    assert restored.samples_seen == 12
 
 
 @pytest.mark.parametrize("stage", STAGES)

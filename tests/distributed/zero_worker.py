@@ -16,22 +16,6 @@ import os
 import sys
 
 import torch
-from torch import nn
-
-
-class Wrapper(nn.Module):
-    """Stands in for CLIPModule: the CLIPModel under `.model`, so keys are `model.*` as Lightning saves them."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images, tokens):
-        out = self.model(images, tokens)
-        logits = out.logit_scale.float().clamp(max=4.6052).exp() * out.image_features @ out.text_features.T
-        labels = torch.arange(len(images))
-        loss = (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels)) / 2
-        return loss, out
 
 
 def batch(model, seed: int, n: int = 4):
@@ -59,18 +43,34 @@ def micro_config(name: str):
     return ModelConfig(embed_dim=32, image=image, text=text)
 
 
-def build(name: str):
-    """`micro`, `micro_vit` or a preset name."""
-    from clipl.models import build_model
+def model_config(name: str):
+    """`micro`, `micro_vit` or a preset name -> ModelConfig."""
+    from clipl.models import preset
 
-    cfg = micro_config(name) if name.startswith("micro") else name
+    if name.startswith("micro"):
+        return micro_config(name)
     try:
-        return build_model(cfg)
+        return preset(name)
     except ModuleNotFoundError:
         # An optional tower module (timm/hf) not in this checkout yet: the core ones registered anyway.
         import clipl.models.presets  # noqa: F401
 
-        return build_model(cfg)
+        return preset(name)
+
+
+def build(name: str):
+    """A CLIPModel for ``name``."""
+    from clipl.models.clip import CLIPModel
+
+    return CLIPModel.from_config(model_config(name))
+
+
+def system(name: str):
+    """An unbuilt CLIPModule for ``name`` (towers come with configure_model, as under Lightning)."""
+    from clipl.config.schema import RunConfig
+    from clipl.module import CLIPModule
+
+    return CLIPModule(RunConfig(model=model_config(name)))
 
 
 def run_stage(out_dir: str, precision: str, model_name: str, stage_arg: str) -> None:
@@ -89,10 +89,12 @@ def run_stage(out_dir: str, precision: str, model_name: str, stage_arg: str) -> 
     torch.manual_seed(0)
     if zero_init:
         # As Lightning's configure_model under ZeRO-3: parameters are partitioned as they are created.
+        module = system(model_name)
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
-            module = Wrapper(build(model_name))
+            module.configure_model()
         torch.manual_seed(0)
-        plain = Wrapper(build(model_name))
+        plain = system(model_name)
+        plain.configure_model()
         params = dict(module.named_parameters())
         with deepspeed.zero.GatheredParameters(list(params.values())):
             # Same seed, same construction: the sharded model must start from the same weights.
@@ -101,7 +103,8 @@ def run_stage(out_dir: str, precision: str, model_name: str, stage_arg: str) -> 
             )
         del plain
     else:
-        module = Wrapper(build(model_name))
+        module = system(model_name)
+        module.configure_model()
     module.model.positional_embedding.requires_grad_(False)  # a frozen parameter must survive conversion
     trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.1)
@@ -111,12 +114,15 @@ def run_stage(out_dir: str, precision: str, model_name: str, stage_arg: str) -> 
     losses = []
     for step in range(3):
         images, tokens = batch(module.model, step)
-        loss, _ = engine(images.to(dtype), tokens)
+        loss = module.compute_loss(engine(images.to(dtype), tokens))  # CLIPModule's fp32 objective
         engine.backward(loss)
         engine.step()
         losses.append(float(loss.detach()))
-    client = {"epoch": 0, "global_step": 3, "hyper_parameters": {"config": {"model": model_name}},
-              "optimizer_states": "dropped by Lightning"}
+    # What Lightning puts in the client state (its save_checkpoint drops state_dict/optimizer_states).
+    client = {"epoch": 0, "global_step": 3, "hyper_parameters": dict(module.hparams),
+              "pytorch-lightning_version": "2.6.6", "loops": {"opaque": 1}}
+    module.samples_seen = 12
+    module.on_save_checkpoint(client)  # CLIPModule's own counters
     engine.save_checkpoint(os.path.join(out_dir, f"zero{stage_arg}"), tag="checkpoint", client_state=client)
 
     weights = {}
@@ -131,7 +137,7 @@ def run_stage(out_dir: str, precision: str, model_name: str, stage_arg: str) -> 
     images, tokens = batch(module.model, 100)
     engine.eval()
     with torch.no_grad():
-        _, out = engine(images.to(dtype), tokens)
+        out = engine(images.to(dtype), tokens)
     torch.save({"weights": weights, "images": images, "tokens": tokens, "losses": losses,
                 "image_features": out.image_features.float(), "text_features": out.text_features.float(), **extra},
                os.path.join(out_dir, f"ref{stage_arg}.pt"))
