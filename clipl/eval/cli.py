@@ -26,7 +26,7 @@ from clipl.eval.specs import resolve, resolve_probe
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipl eval", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="clipl Lightning checkpoint (.ckpt) or OpenAI/open_clip state dict")
-    p.add_argument("--model", help="preset name (needed for a state dict unless clipl.models.weights infers it)")
+    p.add_argument("--model", help="preset name (default: the checkpoint's config, or inferred from the weights)")
     p.add_argument("--zeroshot", action="append", metavar="DIR|SHARDS|shapes[:split]", help="zero-shot set (repeatable)")
     p.add_argument("--retrieval", action="append", metavar="SHARDS|shapes[:split]", help="retrieval set (repeatable)")
     p.add_argument("--linear-probe", action="append", metavar="DIR|SHARDS|shapes[:split]", help="linear-probe set (repeatable)")

@@ -19,12 +19,7 @@ torch.set_num_threads(1)
 def _tiny_cfg():
     from clipl.models import preset
 
-    try:
-        return preset("tiny_vit")
-    except ModuleNotFoundError:  # an optional tower module not written yet
-        import clipl.models.presets  # noqa: F401
-
-        return preset("tiny_vit")
+    return preset("tiny_vit")
 
 
 @pytest.fixture(scope="module")

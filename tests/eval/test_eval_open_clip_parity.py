@@ -20,12 +20,7 @@ def _tiny_pair():
     from clipl.models import preset
     from clipl.models.clip import CLIPModel
 
-    try:
-        cfg = preset("tiny_vit")
-    except ModuleNotFoundError:  # an optional tower module not written yet
-        import clipl.models.presets  # noqa: F401
-
-        cfg = preset("tiny_vit")
+    cfg = preset("tiny_vit")
     v, t = cfg.image, cfg.text
     torch.manual_seed(0)
     ref = CLIP(

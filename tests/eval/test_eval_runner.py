@@ -23,12 +23,7 @@ def _model(name):
     from clipl.models import build_model
 
     torch.manual_seed(0)
-    try:
-        return build_model(name)
-    except ModuleNotFoundError:  # an optional tower module not written yet
-        import clipl.models.presets  # noqa: F401
-
-        return build_model(name)
+    return build_model(name)
 
 
 @pytest.mark.parametrize("name", ["tiny_vit", "tiny_rn"])
