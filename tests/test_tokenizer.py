@@ -180,6 +180,20 @@ def test_single_string_and_cache_consistency(tok):
     assert torch.equal(tok("A Photo Of A Cat"), first)  # second call served from the cache
     fresh = CLIPTokenizer()
     assert torch.equal(fresh(CORPUS[:300]), tok(CORPUS[:300]))
+    careful = CLIPTokenizer()
+    careful._has_empty_chunk = True  # forces the per-row path used after a chunk without ids
+    assert torch.equal(careful(CORPUS[:300]), tok(CORPUS[:300]))
+
+
+def test_cache_cap_empties_and_refills(monkeypatch):
+    import clipl.tokenizer as module
+
+    monkeypatch.setattr(module, "MAX_CACHED", 50)
+    small = CLIPTokenizer()
+    for start in range(0, 400, 40):  # many clears along the way
+        batch = CORPUS[start : start + 40]
+        assert torch.equal(small(batch), get_tokenizer()(batch))
+    assert len(small._cache) + len(small._words) < 50 + 40 * 200
 
 
 def test_bad_input_is_named(tok):
