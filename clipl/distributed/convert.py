@@ -101,7 +101,10 @@ def convert_zero_checkpoint(
     ``hyper_parameters``, ``epoch`` and ``global_step``; it loads with ``torch.load(weights_only=True)``
     and ``CLIPModule.load_from_checkpoint``.
     """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    except ImportError as e:  # pragma: no cover - depends on the optional extra
+        raise ImportError("converting ZeRO checkpoints needs DeepSpeed: pip install 'clipl[deepspeed]'") from e
 
     ckpt_dir, out = Path(ckpt_dir), Path(out_path)
     if out.exists() and not overwrite:  # fail before the (possibly long) consolidation
