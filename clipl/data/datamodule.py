@@ -30,6 +30,14 @@ class _EpochLoader(DataLoader):
         self._on_iter()
         return super().__iter__()
 
+    # Lightning checks the loader for state_dict/load_state_dict to decide whether a mid-epoch resume is
+    # exact. The state lives on the datamodule (saved and restored by Lightning); these only say so.
+    def state_dict(self) -> dict:
+        return {"state_in": "CLIPDataModule"}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class CLIPDataModule(L.LightningDataModule):
     """Image-text batches {image uint8 (B,3,H,W), text (B,L), key, skipped} from `cfg`."""
