@@ -2,12 +2,15 @@
 
 Text is cleaned exactly as OpenAI's ``SimpleTokenizer`` does (ftfy, HTML unescaping twice, whitespace
 collapsing, lower-casing), split with the same pre-tokenisation regex, and every word is byte-encoded
-and BPE-merged with the shipped merges file. Speed comes from two exact shortcuts:
+and BPE-merged with the shipped merges file. The speed comes from shortcuts that keep the ids exact:
 
-- ftfy is skipped for printable ASCII text without ``&``: on such text every ftfy fixer (and
-  ``html.unescape``) is the identity (mojibake, quotes, widths, ligatures, surrogates, line breaks
-  and control characters all need non-ASCII, ``&``, ``\\r``/``\\x0b``/``\\x1b`` or other controls);
-- a word cache maps each raw word straight to its token ids, so common words cost one dict lookup.
+- ftfy is skipped for text it provably leaves unchanged: printable ASCII without ``&`` (every ftfy
+  fixer and ``html.unescape`` is then the identity), and, for ftfy 6.3, other text without any
+  character ftfy's fixers or its mojibake detector act on (see ``_ftfy_noop_check``);
+- cleaned text is cut at spaces (no pre-tokenisation match spans one) and each chunk is cached as
+  its packed ids, so a caption of known chunks costs one C-level join;
+- the words of unseen chunks are merged in one batch by the Rust ``tokenizers`` BPE (a Python merge
+  loop is the fallback), and only the chunks that can survive truncation are looked at.
 
 The merges file is OpenAI's (MIT licence, see ``clipl/assets/NOTICE.bpe_simple_vocab_16e6.txt``).
 """
@@ -17,8 +20,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import html
-from array import array
 import unicodedata
+from array import array
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -66,7 +69,7 @@ def _is_fast_path(text: str) -> bool:
 
 
 def _ftfy_noop_check():
-    """A predicate that is True only for text ftfy 6 provably returns unchanged, or None.
+    """A predicate that is True only for text ftfy 6.3 provably returns unchanged, or None.
 
     ftfy runs each fixer until nothing changes; if none applies on the first pass the text comes
     back as is. The character-level fixers (C1 controls, ligatures, character widths, curly quotes,
@@ -80,7 +83,7 @@ def _ftfy_noop_check():
         from ftfy.chardata import CONTROL_CHARS, LIGATURES, WIDTH_MAP
     except ImportError:
         return None
-    if not version.startswith("6."):  # the reasoning above is checked against ftfy 6's fixers
+    if not version.startswith("6.3"):  # the reasoning above was checked against ftfy 6.3's fixers
         return None
     triggers = set(map(chr, [*CONTROL_CHARS, *LIGATURES, *WIDTH_MAP, *range(0x80, 0xA0)]))
     triggers |= set("&\n\r\x1b\u2028\u2029\u02bc") | set(map(chr, range(0x2018, 0x2020)))
