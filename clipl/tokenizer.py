@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import html
+import os
 import unicodedata
 from array import array
 from functools import lru_cache
@@ -346,6 +347,9 @@ def _rust_bpe(encoder: dict[str, int], merges: list[tuple[str, str]]):
         from tokenizers import Tokenizer, models
     except ImportError:  # the pure-Python merge loop gives the same ids, only slower
         return None
+    # Tokenisation runs in forked data-loader workers; Rust thread pools there deadlock or warn, and
+    # the batches of unseen words are small. An explicit user setting wins.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     vocab = {tok: i for tok, i in encoder.items() if tok not in (SOT, EOT)}
     return Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>"))
 
