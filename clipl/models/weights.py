@@ -172,12 +172,22 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str 
         raise ValueError(f"{source} does not fit this model: " + "; ".join(p for p in parts if p))
 
 
-def load_model(path: PathLike, preset: Optional[str] = None, trust_torchscript: bool = False):
-    """A CLIPModel with the weights of ``path``; its architecture is ``preset`` or inferred from shapes."""
+def load_model(path: PathLike, preset: Union[str, ModelConfig, None] = None, trust_torchscript: bool = False):
+    """A CLIPModel (fp32) with the weights of ``path``.
+
+    Its architecture is ``preset`` (a preset name or a ModelConfig, needed for timm/HF towers) or,
+    when None, inferred from the tensor shapes of an OpenAI-layout state dict.
+    """
     from clipl.models import build_model
 
     sd = load_state_dict_file(path, trust_torchscript=trust_torchscript)
-    cfg = infer_model_config(sd) if preset is None else preset
+    if preset is None:
+        try:
+            cfg = infer_model_config(sd)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}. For other layouts pass preset= (a preset name or a ModelConfig)") from None
+    else:
+        cfg = preset
     model = build_model(cfg)
     check_state_dict(model, sd, source=str(path))
     model.load_state_dict(sd, strict=True)

@@ -73,6 +73,33 @@ def test_export_then_load_gives_equal_outputs(tmp_path, suffix, cfg):
         assert torch.equal(a, b)
 
 
+def test_half_precision_checkpoint_loads_into_fp32(tmp_path):
+    model = build_model("tiny_vit")
+    path = export_state_dict({k: v.half() for k, v in model.state_dict().items()}, tmp_path / "fp16.pt")
+    loaded = load_model(path)
+    assert next(loaded.parameters()).dtype == torch.float32
+    inputs = _inputs(model)
+    for a, b in zip(_encode(model.half().float(), *inputs), _encode(loaded, *inputs)):
+        assert torch.equal(a, b)
+
+
+def test_adapter_towers_round_trip_with_a_config(tmp_path):
+    pytest.importorskip("transformers")
+    from clipl.models.backbones.hf_text import HFTextConfig
+    from clipl.models.backbones.vit import ViTConfig
+
+    cfg = ModelConfig(embed_dim=32, image=ViTConfig(image_size=32, patch_size=16, width=64, layers=1),
+                      text=HFTextConfig(hidden_size=64, num_layers=1, num_heads=1, context_length=16))
+    model = build_model(cfg)
+    path = export_state_dict(model, tmp_path / "hf.safetensors")
+    with pytest.raises(ValueError, match="pass preset="):
+        load_model(path)
+    loaded = load_model(path, preset=cfg)
+    inputs = _inputs(model)
+    for a, b in zip(_encode(model, *inputs), _encode(loaded, *inputs)):
+        assert torch.equal(a, b)
+
+
 def test_export_refuses_overwrite_and_bad_suffix(tmp_path):
     model = build_model("tiny_vit")
     path = export_state_dict(model, tmp_path / "w.safetensors")
