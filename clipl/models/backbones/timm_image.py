@@ -106,7 +106,7 @@ def _create_trunk(timm, cfg: TimmImageConfig) -> nn.Module:
     kwargs = {"pretrained": False, "num_classes": 0, "global_pool": cfg.pool}
     if cfg.drop_path is not None:
         kwargs["drop_path_rate"] = cfg.drop_path
-    if cfg.model_name not in timm.list_models():
+    if not timm.is_model(cfg.model_name):
         raise ValueError(f"image.model_name={cfg.model_name!r} is not a timm model (see timm.list_models())")
     try:
         return timm.create_model(cfg.model_name, img_size=cfg.image_size, **kwargs)
