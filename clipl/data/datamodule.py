@@ -133,6 +133,12 @@ class CLIPDataModule(L.LightningDataModule):
                 self.epoch, self.consumed = st["epoch"], st["consumed"]
                 self.cursors = list(st["cursors"][rank])
                 resume = ResumePoint(self.consumed, list(self.cursors))
+        elif self._started and 0 < self.consumed < self.batches_per_epoch:
+            # The previous pass stopped before the epoch's end. Lightning does this when it resumes
+            # from an end-of-epoch checkpoint (it closes the restored epoch after one more batch), or
+            # with limit_train_batches. The data epoch is not over: continue it where it stopped,
+            # so the sample sequence stays that of an uninterrupted run.
+            resume = ResumePoint(self.consumed, list(self.cursors))
         elif self._started:
             self.epoch, self.consumed = self.epoch + 1, 0
         if resume is None:
