@@ -229,11 +229,13 @@ def bench(name: str, batch: int, precision: str, device: torch.device, steps: in
     oc_side = open_clip_side(oc, system.config.optim, precision, device)
     mod_c, mod_o = interleave(clipl_side(system, precision, device), oc_side, batches, warmup, rounds)
     result = {"preset": name, "batch": batch, "precision": precision, "steps": steps,
-              "module_clipl": statistics.median(mod_c), "module_open_clip": statistics.median(mod_o)}
+              "module_clipl": statistics.median(mod_c), "module_open_clip": statistics.median(mod_o),
+              "rounds_module": [[round(c, 3), round(o, 3)] for c, o in zip(mod_c, mod_o)]}
     if trainer_rounds:  # after the module level: a module attached to a Trainer cannot log outside fit
         tr_c, tr_o = interleave(TrainerSide(system, precision, device, warmup), oc_side, batches, warmup,
                                 trainer_rounds)
-        result.update(trainer_clipl=statistics.median(tr_c), trainer_open_clip=statistics.median(tr_o))
+        result.update(trainer_clipl=statistics.median(tr_c), trainer_open_clip=statistics.median(tr_o),
+                      rounds_trainer=[[round(c, 3), round(o, 3)] for c, o in zip(tr_c, tr_o)])
     flops = forward_flops_per_sample(system, batches[0], precision, device)
     result["fwd_gflops_per_sample"] = flops / 1e9
     if device.type == "cuda":
