@@ -1,18 +1,22 @@
 """Checkpoints in the run directory: periodic saving, pre-emption saves, and finding where to resume.
 
 Layout: <out_dir>/checkpoints/step=000001000.ckpt (periodic, the newest ``keep_last`` kept),
-epoch=0003-step=000004000.ckpt (end of epoch) and preempt-step=....ckpt (written on SIGTERM).
-A checkpoint cut short by a kill (truncated zip) is skipped with a warning, never deleted.
+epoch=0003-step=000004000.ckpt (end of epoch), time-step=*.ckpt (every N minutes), best-step=*.ckpt
+(top-k by a metric) and preempt-step=....ckpt (written on SIGTERM). Files are written to a temporary
+name and renamed; a checkpoint that is unreadable all the same is skipped with a warning, never deleted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clipl.config.schema import CheckpointConfig
@@ -52,8 +56,45 @@ def checkpoint_callbacks(cfg: CheckpointConfig, out_dir: str | Path) -> list[L.C
                 enable_version_counter=False,
             )
         )
+    if cfg.every_minutes is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=dirpath,
+                filename="time-step={step:09d}",
+                auto_insert_metric_name=False,
+                train_time_interval=timedelta(minutes=cfg.every_minutes),
+                save_top_k=1,
+                monitor="step",
+                mode="max",
+                enable_version_counter=False,
+            )
+        )
+    if cfg.monitor is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=dirpath,
+                filename="best-step={step:09d}",
+                auto_insert_metric_name=False,
+                monitor=cfg.monitor,
+                mode=cfg.monitor_mode,
+                save_top_k=cfg.top_k,
+                enable_version_counter=False,
+            )
+        )
     callbacks.append(PreemptionCheckpoint(dirpath))
     return callbacks
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, then renames it into place,
+    so a kill mid-write never leaves a half-written file under a checkpoint's name."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)  # atomic on POSIX within one filesystem
 
 
 class PreemptionCheckpoint(L.Callback):
@@ -91,13 +132,12 @@ def readable(path: Path) -> bool:
 
 
 def find_resume_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest readable checkpoint of the run directory (by step, then modification time)."""
-    ckpts = sorted(
-        checkpoint_dir(out_dir).glob("*.ckpt"),
-        key=lambda p: (_step_of(p), p.stat().st_mtime),
-        reverse=True,
-    )
-    for path in ckpts:
+    """The newest readable checkpoint of the run directory: ours in checkpoints/, and Lightning's
+    SLURM pre-emption saves (hpc_ckpt_*.ckpt) in the run directory itself. Newest by write time,
+    then by step, so a pre-emption save made after the last periodic one wins."""
+    out_dir = Path(out_dir)
+    candidates = list(checkpoint_dir(out_dir).glob("*.ckpt")) + list(out_dir.glob("hpc_ckpt_*.ckpt"))
+    for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, _step_of(p)), reverse=True):
         if readable(path):
             return path
         log.warning("skipping unreadable (truncated?) checkpoint %s", path)

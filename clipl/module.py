@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from clipl.data.transforms import normalize
 from clipl.objectives import effective_logit_scale
@@ -123,12 +124,16 @@ class CLIPModule(L.LightningModule):
         out = self(self._images(batch), batch["text"])
         loss = self.compute_loss(out)
         finite = self._all_finite(loss)
+        self._count_samples(batch)
+        self._log_step(loss, out, batch, finite)
         if not finite:
             # Every rank still runs backward (DDP needs its gradient all-reduce to happen); the
             # gradients are dropped in on_before_optimizer_step, so no rank takes the step.
             self._nonfinite_in_window = True
-        self._count_samples(batch)
-        self._log_step(loss, out, batch, finite)
+            if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+                # DeepSpeed keeps gradients in its own buffers and always steps: backpropagate exact
+                # zeros instead, so nothing non-finite reaches the weights (Adam's moments still decay).
+                return sum((t.nan_to_num(0.0) * 0).sum() for t in (out.image_features, out.text_features))
         return loss
 
     def _count_samples(self, batch: dict) -> None:

@@ -104,7 +104,23 @@ def _resume_from(cfg: Any, out_dir: Path) -> str | None:
             f"{checkpoint_dir(out_dir)} already holds checkpoints and checkpoint.resume=never: "
             "choose another out_dir, or resume with checkpoint.resume=auto"
         )
+    if found is not None:
+        _check_compatible(cfg, out_dir)
     return str(found) if found else None
+
+
+def _check_compatible(cfg: Any, out_dir: Path) -> None:
+    """Refuse to resume a run whose model or objective differs from the one that wrote the run."""
+    path = out_dir / "config.yaml"
+    if not path.is_file() or cfg.checkpoint.allow_config_change:
+        return
+    saved, now = to_container(load_config(path)), to_container(cfg)
+    changed = [k for k in ("model", "objective") if saved[k] != now[k]]
+    if changed:
+        raise ConfigError(
+            f"{out_dir} holds a run with a different {' and '.join(changed)} config than this one "
+            f"(see {path}); use another out_dir, or resume anyway with checkpoint.allow_config_change=true"
+        )
 
 
 def _write_config(cfg: Any, out_dir: Path) -> None:
@@ -130,7 +146,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
 
     from clipl.callbacks import build_eval_callbacks
     from clipl.callbacks.throughput import ThroughputMonitor
-    from clipl.checkpointing import checkpoint_callbacks
+    from clipl.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
     from clipl.data.datamodule import CLIPDataModule
     from clipl.module import CLIPModule
     from clipl.tracking import build_loggers
@@ -165,6 +181,8 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
         out_dir=str(out_dir),
         callbacks=callbacks,
         loggers=loggers,
+        # DeepSpeed writes its own checkpoint folders; everything else goes through atomic renames.
+        plugins=None if cfg.trainer.strategy == "deepspeed" else [AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)

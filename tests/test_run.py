@@ -173,3 +173,16 @@ def test_wandb_key_never_reaches_the_run_directory(tmp_path):
     for p in files:
         assert sentinel.encode() not in p.read_bytes(), p
     assert (tmp_path / "wandb_run_id.txt").is_file() and (tmp_path / "config.yaml").is_file()
+
+
+def test_resume_refuses_a_different_model_config(tmp_path):
+    args = [*TINY, "trainer.max_steps=3", "data.num_workers=0", f"out_dir={tmp_path}"]
+    cli(["run", "quickstart", *args])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))  # nothing is left behind
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))  # atomic writes leave no temp file
+    again = cli(["run", "quickstart", *args, "model.embed_dim=64"], check=False)
+    assert again.returncode == 2
+    assert "different model config" in again.stderr and "allow_config_change" in again.stderr
+    # Other sections may change: continuing for more steps resumes and keeps the old config aside.
+    cli(["run", "quickstart", *args[:-2], "trainer.max_steps=4", "data.num_workers=0", f"out_dir={tmp_path}"])
+    assert len(list(tmp_path.glob("config.*.yaml"))) == 1

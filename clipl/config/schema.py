@@ -51,6 +51,18 @@ class CheckpointConfig:
     """How many step checkpoints to keep (older ones are deleted); -1 keeps all."""
     save_on_epoch_end: bool = True
     """Also save a checkpoint at the end of each epoch."""
+    every_minutes: Optional[float] = None
+    """Also save a checkpoint every this many minutes of training (time-*.ckpt); None: off."""
+    monitor: Optional[str] = None
+    """A logged metric (e.g. val/zeroshot/imagenet/top1) whose best ``top_k`` checkpoints are kept
+    as best-*.ckpt; None: off."""
+    monitor_mode: str = "max"
+    """'max' or 'min': which values of ``monitor`` are best."""
+    top_k: int = 1
+    """How many best-by-``monitor`` checkpoints to keep."""
+    allow_config_change: bool = False
+    """Resume even when the model or objective config differs from the run directory's config.yaml
+    (other sections, such as trainer.max_steps or logging, may always change)."""
     resume: str = "auto"
     """'auto': resume from the newest readable checkpoint in the run directory if there is one;
     'never': refuse to start in a run directory that already holds checkpoints; or a checkpoint path."""

@@ -12,6 +12,19 @@ from clipl.models.registry import (
 )
 
 
+_WEIGHTS_API = ("load_model", "load_state_dict_file", "export_state_dict", "infer_model_config",
+                "check_state_dict")
+
+
+def __getattr__(name):
+    # Weight import/export, loaded on first use so `import clipl` does not import every backbone.
+    if name in _WEIGHTS_API:
+        from clipl.models import weights
+
+        return getattr(weights, name)
+    raise AttributeError(f"module 'clipl.models' has no attribute {name!r}")
+
+
 def build_model(name_or_cfg, **overrides):
     """Build a CLIPModel from a preset name (with top-level ModelConfig overrides) or a ModelConfig."""
     from clipl.models.clip import CLIPModel
@@ -21,6 +34,7 @@ def build_model(name_or_cfg, **overrides):
 
 
 __all__ = [
+    *_WEIGHTS_API,
     "ModelConfig",
     "build_model",
     "build_tower",

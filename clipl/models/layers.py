@@ -77,9 +77,10 @@ class SelfAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.in_proj_bias)
-        nn.init.zeros_(self.out_proj.bias)
+        with materialized(self):  # out_proj is a child: already partitioned under ZeRO-3
+            nn.init.xavier_uniform_(self.in_proj_weight)
+            nn.init.zeros_(self.in_proj_bias)
+            nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         b, n, d = x.shape
@@ -134,6 +135,25 @@ class Transformer(nn.Module):
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
             nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+
+@contextlib.contextmanager
+def materialized(module: nn.Module) -> Iterator[None]:
+    """Make ``module``'s parameters writable for initialisation, also under DeepSpeed ZeRO-3.
+
+    Built under ``deepspeed.zero.Init`` (ZeRO-3's configure_model), every submodule's parameters are
+    partitioned as soon as its own constructor returns, so a parent writing OpenAI's init into them
+    afterwards would write into empty placeholders. Gathering them (rank 0 modifies, then the result
+    is re-partitioned and broadcast) keeps the initialisation. Without ZeRO-3 this does nothing.
+    """
+    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        yield
 
 
 def _batchnorms(modules: list[nn.Module]) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -103,9 +103,6 @@ def test_stages_train_identically(fp32_run):
     assert losses[0][2] != losses[0][0]  # it did train
 
 
-@pytest.mark.xfail(strict=False, reason="models: OpenAI init done by parent modules on children's parameters is "
-                   "lost under deepspeed.zero.Init (ZeRO-3 configure_model): bn3 stays 1, projections keep "
-                   "PyTorch's default std; see report to the models owner")
 def test_zero3_init_construction_keeps_initialisation(fp32_run):
     ref = torch.load(fp32_run / "ref3i.pt", weights_only=True)
     assert ref["init_max_abs_diff"] == 0.0

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipl.models.layers import lock_groups, maybe_checkpoint, resolve_heads
+from clipl.models.layers import lock_groups, materialized, maybe_checkpoint, resolve_heads
 from clipl.models.registry import register
 
 
@@ -137,11 +137,12 @@ class ModifiedResNet(nn.Module):
     def init_parameters(self) -> None:
         """OpenAI's init: attention-pool projections N(0, in^-0.5); bn3 gains zero (blocks start as identity)."""
         std = self.attnpool.c_proj.in_features**-0.5
-        for proj in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
-            nn.init.normal_(proj.weight, std=std)
-        for stage in self.stages():
-            for block in stage:
-                nn.init.zeros_(block.bn3.weight)
+        with materialized(self):
+            for proj in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
+                nn.init.normal_(proj.weight, std=std)
+            for stage in self.stages():
+                for block in stage:
+                    nn.init.zeros_(block.bn3.weight)
 
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from clipl.models.layers import LayerNorm, Transformer, lock_groups, resolve_heads
+from clipl.models.layers import LayerNorm, Transformer, lock_groups, materialized, resolve_heads
 from clipl.models.registry import register
 
 
@@ -66,10 +66,11 @@ class TextTransformer(nn.Module):
 
     def init_parameters(self) -> None:
         """OpenAI's init: token 0.02, positions 0.01, depth-scaled blocks, projection width^-0.5."""
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        self.transformer.init_openai_()
-        nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
+        with materialized(self):
+            nn.init.normal_(self.token_embedding.weight, std=0.02)
+            nn.init.normal_(self.positional_embedding, std=0.01)
+            self.transformer.init_openai_()
+            nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
 
     def hoist_into(self, host: nn.Module) -> None:
         """Move this tower's parameters and submodules onto ``host`` (which then owns them alone).
