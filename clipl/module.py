@@ -16,6 +16,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from clipl.data.transforms import normalize
 from clipl.objectives import effective_logit_scale
+from clipl.rng import gather_rng_states, set_rng_state
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,6 +51,7 @@ class CLIPModule(L.LightningModule):
         self.nonfinite_steps = 0
         self.samples_seen = 0
         self.skipped_samples: dict[str, int] = {}
+        self._pending_rng: list | None = None  # per-rank RNG states of a restored checkpoint
 
     # ----------------------------------------------------------------------------------- building
     def model_config(self) -> Any:
@@ -119,6 +121,14 @@ class CLIPModule(L.LightningModule):
             return self.objective(
                 out.image_features.float(), out.text_features.float(), out.logit_scale.float(), bias
             )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Restored here, not at load time: the new loader iterator draws from the generators first,
+        # which an uninterrupted run did before the checkpointed step, not after it.
+        if self._pending_rng is not None:
+            states, self._pending_rng = self._pending_rng, None
+            if len(states) == self.trainer.world_size:
+                set_rng_state(states[self.global_rank])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self(self._images(batch), batch["text"])
@@ -191,6 +201,7 @@ class CLIPModule(L.LightningModule):
             "samples_seen": self.samples_seen,
             "nonfinite_steps": self.nonfinite_steps,
             "skipped_samples": dict(self.skipped_samples),
+            "rng": gather_rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -199,4 +210,5 @@ class CLIPModule(L.LightningModule):
             self.samples_seen = int(state["samples_seen"])
             self.nonfinite_steps = int(state["nonfinite_steps"])
             self.skipped_samples = dict(state["skipped_samples"])
+            self._pending_rng = state["rng"] if "rng" in state else None
         self.configure_model()  # load_from_checkpoint restores weights into built towers

@@ -156,3 +156,31 @@ def test_ten_steps_match_open_clip():
     for a, b in zip(rec.losses, ref_losses):
         assert a == pytest.approx(b, rel=1e-4)
     assert ref_losses[-1] < ref_losses[0]
+
+
+class Noisy(CLIPModule):
+    """A loss with random noise in it: resuming must replay the same draws."""
+
+    draws: list
+
+    def compute_loss(self, out):
+        noise = torch.rand(())
+        self.draws.append((self.global_step, noise.item()))
+        return super().compute_loss(out) + noise
+
+
+def test_resume_restores_the_random_generators(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = batches(4)
+    ref = Noisy(tiny_config())
+    ref.draws = []
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    L.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[ckpt]).fit(ref, loader(data))
+    torch.rand(5)  # a different generator position than at the checkpoint
+    resumed = Noisy(tiny_config())
+    resumed.draws = []
+    trainer(4).fit(resumed, loader(data), ckpt_path=str(tmp_path / "step=2.ckpt"))
+    assert resumed.draws == ref.draws[2:]
+    assert torch.load(tmp_path / "step=2.ckpt", weights_only=True)["clipl"]["rng"][0]["torch"].dtype == torch.uint8
