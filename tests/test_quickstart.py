@@ -21,8 +21,10 @@ def _metrics(path: Path) -> list[dict]:
 def test_quickstart_learns_and_clipl_eval_reproduces_it(tmp_path):
     out = tmp_path / "qs"
     start = time.time()
+    # The README's command: the `lightning` console script installed with clipl.
+    lightning = Path(sys.executable).parent / "lightning"
     subprocess.run(
-        [sys.executable, "-m", "clipl.cli", "run", "recipes/quickstart.py", f"out_dir={out}",
+        [str(lightning), "run", "recipes/quickstart.py", f"out_dir={out}",
          "logging.backend=csv", "trainer.enable_progress_bar=false"],
         cwd=REPO, check=True, timeout=900,
     )
