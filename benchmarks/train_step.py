@@ -252,7 +252,7 @@ def main(argv=None) -> None:
     parser.add_argument("--presets", nargs="+", help="default: tiny_vit vit_b32 (CPU), vit_b32 vit_b16 (GPU)")
     parser.add_argument("--batch", type=int, help="default: 16 (CPU), 256 (GPU)")
     parser.add_argument("--precision", help="default: 32-true (CPU), bf16-mixed (GPU)")
-    parser.add_argument("--steps", type=int, help="timed steps per round (default 4 CPU tiny, 1 CPU big, 20 GPU)")
+    parser.add_argument("--steps", type=int, help="timed steps per round (default 4 CPU tiny, 2 CPU big, 20 GPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps before each timed run")
     parser.add_argument("--rounds", type=int, default=None, help="module-level rounds per side")
     parser.add_argument("--trainer-rounds", type=int, default=None, help="Trainer.fit rounds per side (0: skip)")
@@ -273,8 +273,9 @@ def main(argv=None) -> None:
     rows = []
     for name in presets:
         big = name not in ("tiny_vit", "tiny_rn")
-        # CPU vit_b32 costs ~40 s a step on two shared cores: the fewest steps that still interleave.
-        steps = args.steps or (20 if gpu else (1 if big else 4))
+        # CPU vit_b32 costs 15-40 s a step on two cores: two timed steps per round are the fewest whose
+        # median is not dominated by one step's noise (one step per round swung the ratio 0.3-4.5x).
+        steps = args.steps or (20 if gpu else (2 if big else 4))
         warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
         rounds = args.rounds or (6 if gpu else (2 if big else 6))
         trainer_rounds = args.trainer_rounds if args.trainer_rounds is not None else (4 if gpu else (2 if big else 4))

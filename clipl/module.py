@@ -13,8 +13,10 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 
 from clipl.data.transforms import normalize
+from clipl.distributed.deepspeed import drops_nonfinite_steps, skip_step_loss
 from clipl.objectives import effective_logit_scale
 from clipl.rng import gather_rng_states, set_rng_state
 
@@ -52,6 +54,7 @@ class CLIPModule(L.LightningModule):
         self.samples_seen = 0
         self.skipped_samples: dict[str, int] = {}
         self._pending_rng: list | None = None  # per-rank RNG states of a restored checkpoint
+        self._ds_drops: bool | None = None  # DeepSpeed discards non-finite steps itself (found once)
 
     # ----------------------------------------------------------------------------------- building
     def model_config(self) -> Any:
@@ -80,15 +83,10 @@ class CLIPModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         from clipl.distributed.deepspeed import optimizer_class_for
-        from clipl.optim import build_optimizer, build_scheduler, param_groups
+        from clipl.optim import build_optimizer, build_scheduler
 
         cfg = self.config.optim
-        cls = optimizer_class_for(self.config.trainer)
-        if cls is torch.optim.AdamW:
-            optimizer = build_optimizer(self.model, cfg)
-        else:  # DeepSpeedCPUAdam when the optimizer state is offloaded (takes no `fused`)
-            optimizer = cls(param_groups(self.model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)
+        optimizer = build_optimizer(self.model, cfg, optimizer_class_for(self.config.trainer))
         total = self.trainer.max_steps
         if total is None or total < 0:
             total = int(self.trainer.estimated_stepping_batches)
@@ -141,10 +139,20 @@ class CLIPModule(L.LightningModule):
             # gradients are dropped in on_before_optimizer_step, so no rank takes the step.
             self._nonfinite_in_window = True
             if isinstance(self.trainer.strategy, DeepSpeedStrategy):
-                # DeepSpeed keeps gradients in its own buffers and always steps: backpropagate exact
-                # zeros instead, so nothing non-finite reaches the weights (Adam's moments still decay).
-                return sum((t.nan_to_num(0.0) * 0).sum() for t in (out.image_features, out.text_features))
+                # DeepSpeed keeps gradients in its own buffers and always steps; make it drop the step.
+                return skip_step_loss((out.image_features, out.text_features), self._deepspeed_drops())
         return loss
+
+    def _deepspeed_drops(self) -> bool:
+        if self._ds_drops is None:
+            self._ds_drops = drops_nonfinite_steps(self.trainer.strategy.deepspeed_engine)
+            if not self._ds_drops:
+                rank_zero_warn(
+                    "this DeepSpeed engine does not discard steps with non-finite gradients by itself; "
+                    "non-finite steps backpropagate zeros instead (Adam's moments decay on those steps); "
+                    "upgrade DeepSpeed, or keep bf16.check_grad_overflow on, for exact skips"
+                )
+        return self._ds_drops
 
     def _count_samples(self, batch: dict) -> None:
         world = self.trainer.world_size if self._trainer is not None else 1

@@ -139,10 +139,18 @@ def _validate(cfg: OptimConfig) -> None:
         raise ValueError(f"optim.weight_decay must be >= 0, got {cfg.weight_decay}")
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (fused on CUDA unless ``cfg.fused`` says otherwise)."""
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW
+) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups` (fused on CUDA unless ``cfg.fused`` says otherwise).
+
+    ``optimizer_class`` is another AdamW implementation taking the same groups and hyperparameters
+    (DeepSpeedCPUAdam when DeepSpeed offloads the optimizer state; it has no ``fused`` switch).
+    """
     _validate(cfg)
     groups = param_groups(model, cfg)
+    if optimizer_class is not torch.optim.AdamW:
+        return optimizer_class(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     fused = cfg.fused
     if fused is None:
         fused = all(p.is_cuda for g in groups for p in g["params"])

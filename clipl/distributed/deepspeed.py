@@ -7,7 +7,7 @@ config can be built and tested as plain data on any machine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -140,3 +140,45 @@ def optimizer_class_for(cfg: "TrainerConfig") -> type[torch.optim.Optimizer]:
             ) from e
         return DeepSpeedCPUAdam
     return torch.optim.AdamW
+
+
+def drops_nonfinite_steps(engine: Any) -> bool:
+    """Whether ``engine``'s ZeRO optimizer discards a step whose gradients are not finite, by itself.
+
+    Such an optimizer checks the global gradient norm before stepping and, when it is inf/NaN, clears
+    the gradients and returns without touching weights or Adam moments (``engine.skipped_steps`` counts
+    it). The check is feature-detected on the optimizer object rather than read off a version number:
+    fp16 loss scaling always does it; ZeRO-1/2 do it when they compute the norm (their default) and,
+    in bf16, when ``bf16.check_grad_overflow`` is on (its default since it was added); ZeRO-3 does it
+    where its step separates the norm check from the loss-scale update.
+    """
+    opt = getattr(engine, "optimizer", None)
+    if opt is None or not hasattr(opt, "overflow"):
+        return False
+    if engine.fp16_enabled():
+        return True
+    stage = engine.zero_optimization_stage()
+    if stage in (1, 2):
+        if not getattr(opt, "compute_grad_norm", False):
+            return False
+        return not engine.bfloat16_enabled() or bool(getattr(opt, "check_grad_overflow", False))
+    if stage == 3:
+        return hasattr(opt, "_loss_scale_update_and_overflow_cleanup")
+    return False
+
+
+def skip_step_loss(features: Sequence[torch.Tensor], engine_drops: bool) -> torch.Tensor:
+    """What to backpropagate under DeepSpeed for a step whose loss was not finite on some rank.
+
+    DeepSpeed always calls its optimizer's step after backward, so a step cannot be skipped by
+    returning no loss. When the engine drops non-finite steps (:func:`drops_nonfinite_steps`) every
+    gradient is made NaN, so it discards the step: weights and Adam moments stay exactly as they were
+    (the learning-rate schedule still advances, as on the other strategies). Otherwise exact zeros flow
+    back: Adam's moments decay by one step, and a tower whose own activations overflowed still yields
+    NaN gradients (0 x inf), which only the engine's own discard can keep from the weights.
+    """
+    if engine_drops:
+        # NaN x 0 is NaN in the backward too, so every parameter the features depend on gets NaN.
+        return sum((t * 0).sum() for t in features) * float("nan")
+    # nan_to_num first: 0 x inf would be NaN even on the zeros path.
+    return sum((t.nan_to_num(0.0) * 0).sum() for t in features)

@@ -5,6 +5,7 @@ GPU only (Lightning's DeepSpeedStrategy refuses CPUs):  pytest -m gpu tests/gpu/
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
@@ -95,3 +96,49 @@ def test_lightning_deepspeed_bf16_fit_convert_reload(stage, tmp_path):
     for got, tol in ((bf16_out, 1e-2), (fp32_out, 3e-2)):
         torch.testing.assert_close(got.image_features, engine_out.image_features, rtol=0, atol=tol)
         torch.testing.assert_close(got.text_features, engine_out.text_features, rtol=0, atol=tol)
+
+
+class _NaNAt(torch.nn.Module):
+    """Wraps an objective so that the loss of one chosen step is NaN (as an fp overflow would make it)."""
+
+    def __init__(self, objective, step: int):
+        super().__init__()
+        self.objective, self.step, self.calls = objective, step, 0
+
+    def forward(self, *args):
+        loss = self.objective(*args)
+        self.calls += 1
+        return loss * float("nan") if self.calls == self.step else loss
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_lightning_deepspeed_discards_a_nonfinite_step(stage, tmp_path):
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    from clipl.module import CLIPModule
+    from clipl.trainer import build_trainer
+
+    torch.manual_seed(0)
+    cfg = _config(stage, str(tmp_path))
+    system = CLIPModule(cfg)
+    system.configure_model()
+    system.objective = _NaNAt(system.objective, step=STEPS)  # the last step's loss is NaN
+    snapshots = []
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            snap = {}
+            for n, p in module.named_parameters():
+                if p.requires_grad:
+                    snap[n] = safe_get_full_fp32_param(p).float().cpu()
+                    snap[n + ":exp_avg_sq"] = safe_get_full_optimizer_state(p, "exp_avg_sq").float().cpu()
+            snapshots.append(snap)
+
+    trainer = build_trainer(cfg.trainer, micro_batch_size=BATCH, out_dir=str(tmp_path), callbacks=[Snapshot()],
+                            loggers=False)
+    data = Synthetic(BATCH * STEPS, cfg.model.image.image_size, cfg.model.text.context_length)
+    trainer.fit(system, torch.utils.data.DataLoader(data, batch_size=BATCH))
+    assert system.nonfinite_steps == 1 and trainer.strategy.deepspeed_engine.skipped_steps == 1
+    before, after = snapshots[-2], snapshots[-1]
+    for key, want in before.items():  # weights and Adam moments untouched by the NaN step
+        torch.testing.assert_close(after[key], want, rtol=0, atol=0, msg=key)
