@@ -141,8 +141,8 @@ def test_build_optimizer_settings_and_decay_effect():
     opt = build_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8
-    assert opt.defaults["fused"] is False  # None -> fused only on CUDA; these are CPU tensors
-    assert build_optimizer(model, OptimConfig(fused=True)).defaults["fused"] is True
+    assert opt.defaults["fused"] is True  # None -> fused on CUDA and CPU; these are CPU tensors
+    assert build_optimizer(model, OptimConfig(fused=False)).defaults["fused"] is False
     # With zero gradients AdamW only decays: matrices shrink by lr * wd, no-decay params stay put.
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
