@@ -5,17 +5,21 @@ from clipl.distributed.convert import convert_zero_checkpoint, export_openai, op
 from clipl.distributed.deepspeed import (
     DeepSpeedOptions,
     deepspeed_config,
+    drops_nonfinite_steps,
     lightning_deepspeed_config,
     optimizer_class_for,
+    skip_step_loss,
 )
 
 __all__ = [
     "DeepSpeedOptions",
     "convert_zero_checkpoint",
     "deepspeed_config",
+    "drops_nonfinite_steps",
     "export_openai",
     "lightning_deepspeed_config",
     "openai_state_dict",
     "optimizer_class_for",
     "patch_deepspeed_scalar_broadcast",
+    "skip_step_loss",
 ]
