@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(ShapesConfig):
         if f.name in ("cache_dir",):
             continue
-        sh.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default)
+        sh.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     return p
 
 

@@ -22,6 +22,9 @@ class ShapesConfig:
     """Side of the square generated images, in pixels."""
     samples_per_shard: int = 500
     """Samples per .tar shard; more shards allow more ranks x workers without resampling."""
+    caption_colour_prob: float = 0.85
+    """Probability that a description in a caption names the object's colour (the shape is always
+    named). Lower values make the shape, not the colour, what tells a batch's captions apart."""
     jpeg_quality: int = 90
     """JPEG quality of the stored images (fixed, so encoding is deterministic)."""
     cache_dir: Optional[str] = None

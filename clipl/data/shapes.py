@@ -88,7 +88,7 @@ def make_sample(cfg: ShapesConfig, split: str, index: int) -> dict[str, bytes]:
     rng = np.random.default_rng([cfg.seed, _SPLIT_IDS[split], index])
     n_objects = 1 if split in ("shape", "colour") else int(rng.integers(1, 3))
     img, objects, bg = render_scene(rng, cfg.image_size, n_objects)
-    caps = [caption(objects, bg, rng) for _ in range(N_CAPTIONS)]
+    caps = [caption(objects, bg, rng, cfg.caption_colour_prob) for _ in range(N_CAPTIONS)]
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=cfg.jpeg_quality)
     meta = {"objects": objects, "background": bg, "captions": caps}
@@ -124,6 +124,8 @@ def _write_shard(cfg: ShapesConfig, split: str, shard: int, folder: str) -> tupl
 
 def write_shapes(cfg: ShapesConfig, root: str | Path) -> ShapesDataset:
     """Generate the whole set into `root` (created; existing shards are overwritten)."""
+    if not 0.0 <= cfg.caption_colour_prob <= 1.0:
+        raise ValueError(f"data.shapes.caption_colour_prob must be in [0, 1], got {cfg.caption_colour_prob}")
     root = Path(root)
     jobs = []
     for split in SPLITS:

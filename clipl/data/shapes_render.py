@@ -181,12 +181,12 @@ PROMPT_TEMPLATES = [
 ]
 
 
-def _describe(o: dict, rng: np.random.Generator) -> str:
-    """Shape always named; colour usually, size sometimes."""
+def _describe(o: dict, rng: np.random.Generator, colour_prob: float) -> str:
+    """Shape always named; colour with probability ``colour_prob``, size sometimes."""
     words = []
     if rng.random() < 0.4:
         words.append(o["size"])
-    if rng.random() < 0.85:
+    if rng.random() < colour_prob:
         words.append(o["colour"])
     return " ".join(words + [o["shape"]])
 
@@ -198,15 +198,19 @@ def _relation(a: dict, b: dict) -> str:
     return "above" if dy > 0 else "below"
 
 
-def caption(objects: list[dict], bg: str, rng: np.random.Generator) -> str:
-    """One natural-language caption of a scene, drawn from the templates above."""
+def caption(objects: list[dict], bg: str, rng: np.random.Generator, colour_prob: float = 0.85) -> str:
+    """One natural-language caption of a scene, drawn from the templates above.
+
+    ``colour_prob`` only changes which words a description keeps, never how many numbers are drawn,
+    so the images and all other caption choices stay the same for any value.
+    """
     if len(objects) == 1:
         o = objects[0]
         pos = position_phrase(o["row"], o["col"])
         t = SINGLE_TEMPLATES[rng.integers(len(SINGLE_TEMPLATES))]
-        return t.format(desc=_describe(o, rng), pos=pos, pos_cap=pos[0].upper() + pos[1:], bg=bg,
+        return t.format(desc=_describe(o, rng, colour_prob), pos=pos, pos_cap=pos[0].upper() + pos[1:], bg=bg,
                         colour=o["colour"], size=o["size"], shape=o["shape"])
     a, b = objects[0], objects[1]
     t = PAIR_TEMPLATES[rng.integers(len(PAIR_TEMPLATES))]
     rel = _relation(a, b) if rng.random() < 0.7 else "next to"
-    return t.format(a=_describe(a, rng), b=_describe(b, rng), rel=rel, bg=bg)
+    return t.format(a=_describe(a, rng, colour_prob), b=_describe(b, rng, colour_prob), rel=rel, bg=bg)

@@ -71,6 +71,35 @@ def test_train_captions_name_every_object_and_vary(tmp_path):
     assert len(captions) > 250 and 10 < n_two < 50
 
 
+def _train_members(root: Path, ext: str) -> dict[str, bytes]:
+    out = {}
+    for shard in sorted((root / "train").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            out |= {n: tar.extractfile(n).read() for n in tar.getnames() if n.endswith(ext)}
+    return out
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.5, 1.0])
+def test_caption_colour_prob_changes_only_the_words(tmp_path, prob):
+    base = write_shapes(ShapesConfig(**TINY), tmp_path / "base").root
+    other = write_shapes(ShapesConfig(**TINY, caption_colour_prob=prob), tmp_path / "other").root
+    assert _train_members(other, ".jpg") == _train_members(base, ".jpg")  # same pixels, same scenes
+    named = total = 0
+    for raw in _train_members(other, ".json").values():
+        meta = json.loads(raw)
+        for c in meta["captions"]:
+            assert all(o["shape"] in c for o in meta["objects"]), c
+            # Two-object captions always describe both as "[size] [colour] shape" (some single-object
+            # templates spell the colour out elsewhere: "a red shape: ...").
+            if len(meta["objects"]) == 2:
+                total += 2
+                named += sum(f"{o['colour']} {o['shape']}" in c for o in meta["objects"])
+    assert total > 100 and abs(named / total - prob) < 0.1, (named, total)
+    assert config_hash(ShapesConfig(**TINY, caption_colour_prob=prob)) != config_hash(ShapesConfig(**TINY))
+    with pytest.raises(ValueError, match="caption_colour_prob"):
+        write_shapes(ShapesConfig(**TINY, caption_colour_prob=1.5), tmp_path / "bad")
+
+
 def test_shapes_through_the_datamodule(tmp_path, tok):
     from clipl.data.datamodule import CLIPDataModule
 
