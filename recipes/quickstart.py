@@ -8,7 +8,7 @@ shape and a linear probe run at the end of training; results land in runs/quicks
 """
 
 from clipl.config.schema import CheckpointConfig, LoggingConfig, RunConfig
-from clipl.data.config import DataConfig
+from clipl.data.config import DataConfig, ShapesConfig
 from clipl.eval.config import EvalConfig
 from clipl.models import preset
 from clipl.optim import OptimConfig
@@ -20,10 +20,17 @@ def config() -> RunConfig:
         # A small ResNet: at 64 px a convnet learns the shapes far sooner than a tiny ViT, whose
         # zero-shot shape accuracy stays at chance for the first few hundred CPU steps.
         model=preset("tiny_rn"),
-        # Each shapes sample carries five captions; a random one per epoch varies the wording.
-        data=DataConfig(train="shapes", batch_size=128, num_workers=2, caption_key="json:captions"),
+        # Each shapes sample carries five captions; a random one per epoch varies the wording. Captions
+        # that name the colour only a quarter of the time make the shape what tells a batch apart:
+        # zero-shot shape accuracy at 400 steps rose from 45% (colour in 85% of them) to 65%.
+        # 4,000 labelled evaluation scenes per split: half of them train the linear probe, which with
+        # only 500 did no better than the zero-shot classifier.
+        data=DataConfig(train="shapes", batch_size=128, num_workers=2, caption_key="json:captions",
+                        shapes=ShapesConfig(caption_colour_prob=0.25, eval_size=4000)),
         optim=OptimConfig(lr=2e-3, weight_decay=0.1, warmup_steps=50),
-        trainer=TrainerConfig(accelerator="cpu", devices="1", max_steps=800, log_every_n_steps=20),
+        # channels_last: the ResNet's convolutions run ~15% faster on CPU.
+        trainer=TrainerConfig(accelerator="cpu", devices="1", max_steps=800, log_every_n_steps=20,
+                              channels_last=True),
         logging=LoggingConfig(tags=["quickstart"]),
         checkpoint=CheckpointConfig(every_n_steps=200),
         eval=EvalConfig(zeroshot=["shapes"], linear_probe=["shapes"]),

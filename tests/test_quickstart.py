@@ -35,9 +35,9 @@ def test_quickstart_learns_and_clipl_eval_reproduces_it(tmp_path):
 
     zs = json.loads(next((out / "eval").glob("zeroshot_classification_shapes_shape_step*.json")).read_text())
     lp = json.loads(next((out / "eval").glob("linear_probe_shapes_shape_step*.json")).read_text())
-    # 8 shape classes: chance is 0.125. (The issue's 80% target is not reached in the CPU budget; the
-    # README states the measured figure.)
-    assert zs["metrics"]["acc1"] >= 0.35, zs
+    # 8 shape classes: chance is 0.125; measured 0.83 on the 2-core CI machine (README). The margin
+    # allows for other CPUs' kernels taking a slightly different path through 800 steps.
+    assert zs["metrics"]["acc1"] >= 0.75, zs
     assert lp["metrics"]["lp_acc1"] >= zs["metrics"]["acc1"], (lp, zs)
     print(f"quickstart: {minutes:.1f} min, zero-shot shape top-1 {zs['metrics']['acc1']:.3f}, "
           f"linear probe {lp['metrics']['lp_acc1']:.3f}")

@@ -72,6 +72,13 @@ def load_for_eval(
         if missing or unexpected:
             raise ValueError(f"{p}: checkpoint does not fit the model: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        if run_cfg is not None and run_cfg.trainer.channels_last:
+            # The run's evaluation callbacks saw channels_last convolutions, whose float rounding
+            # differs; the same layout reproduces their numbers exactly (a linear probe's penalty
+            # search can otherwise flip on a near tie). torch.compile is not applied here.
+            from clipl.trainer import apply_model_switches
+
+            model = apply_model_switches(model, dataclasses.replace(run_cfg.trainer, compile=False))
         return model, run_cfg, ckpt.get("global_step")
     return load_model(str(p), preset=preset, trust_torchscript=trust_torchscript), None, None
 
