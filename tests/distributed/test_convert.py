@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,18 +19,8 @@ import zero_worker  # noqa: E402
 STAGES = ["1", "2", "3", "3i"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_worker(out: Path, precision: str, model: str, stages: list[str]) -> Path:
-    # A subprocess: the process group and DeepSpeed's global state must not leak into pytest.
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, str(HERE / "zero_worker.py"), str(out), str(_free_port()), precision, model, *stages]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"zero_worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    zero_worker.run_script("zero_worker.py", str(out), precision, model, *stages)
     return out
 
 

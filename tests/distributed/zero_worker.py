@@ -1,7 +1,8 @@
 """Train a tiny CLIPModel with ``deepspeed.initialize`` on CPU (gloo, one process) and save ZeRO checkpoints.
 
-Run as a subprocess by test_convert.py, so the process group and DeepSpeed's globals never leak into
-the pytest process:  python zero_worker.py OUT_DIR PORT PRECISION MODEL STAGE [STAGE ...]
+Run as a subprocess by test_convert.py (through :func:`run_script`, which the other worker scripts
+here share), so the process group and DeepSpeed's globals never leak into the pytest process:
+    python zero_worker.py OUT_DIR PORT PRECISION MODEL STAGE [STAGE ...]
 (MODEL: `micro`, `micro_vit` or a preset name such as tiny_vit)
 (STAGE: 1, 2, 3, or 3i = ZeRO-3 with the model built under deepspeed.zero.Init)
 
@@ -16,6 +17,21 @@ import os
 import sys
 
 import torch
+
+
+def run_script(script: str, out: str, *args: str, timeout: int = 900) -> None:
+    """Run a worker script of this folder as ``python SCRIPT OUT PORT *ARGS`` on DeepSpeed's CPU
+    accelerator (a fresh process: the process group and DeepSpeed's globals stay out of pytest)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script), out, str(port), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 
 def batch(model, seed: int, n: int = 4):
