@@ -30,57 +30,30 @@ def checkpoint_dir(out_dir: str | Path) -> Path:
 
 
 def checkpoint_callbacks(cfg: CheckpointConfig, out_dir: str | Path) -> list[L.Callback]:
-    """ModelCheckpoint callbacks: every N steps (newest ``keep_last``) and at each epoch end."""
+    """ModelCheckpoint callbacks: every N steps (newest ``keep_last``), at each epoch end, every N
+    minutes and top-k by a metric, as the config asks; then the pre-emption save."""
     dirpath = checkpoint_dir(out_dir)
-    periodic = ModelCheckpoint(
-        dirpath=dirpath,
-        filename="step={step:09d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=cfg.every_n_steps,
-        save_top_k=cfg.keep_last,
-        monitor="step",  # keep the newest, not the "best"
-        mode="max",
-        save_on_train_epoch_end=False,
-        enable_version_counter=False,
-    )
-    callbacks: list[L.Callback] = [periodic]
+
+    def saver(filename: str, **when) -> ModelCheckpoint:
+        # All in one folder under fixed names: no metric names in them, and no "-v1" copies, so
+        # find_resume_checkpoint can read the step from every file name.
+        return ModelCheckpoint(dirpath=dirpath, filename=filename, auto_insert_metric_name=False,
+                               enable_version_counter=False, **when)
+
+    # monitor="step", mode="max": keep the newest, not the "best".
+    callbacks: list[L.Callback] = [
+        saver("step={step:09d}", every_n_train_steps=cfg.every_n_steps, save_top_k=cfg.keep_last,
+              monitor="step", mode="max", save_on_train_epoch_end=False)
+    ]
     if cfg.save_on_epoch_end:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=dirpath,
-                filename="epoch={epoch:04d}-step={step:09d}",
-                auto_insert_metric_name=False,
-                every_n_epochs=1,
-                save_top_k=-1,
-                save_on_train_epoch_end=True,
-                enable_version_counter=False,
-            )
-        )
+        callbacks.append(saver("epoch={epoch:04d}-step={step:09d}", every_n_epochs=1, save_top_k=-1,
+                               save_on_train_epoch_end=True))
     if cfg.every_minutes is not None:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=dirpath,
-                filename="time-step={step:09d}",
-                auto_insert_metric_name=False,
-                train_time_interval=timedelta(minutes=cfg.every_minutes),
-                save_top_k=1,
-                monitor="step",
-                mode="max",
-                enable_version_counter=False,
-            )
-        )
+        callbacks.append(saver("time-step={step:09d}", train_time_interval=timedelta(minutes=cfg.every_minutes),
+                               save_top_k=1, monitor="step", mode="max"))
     if cfg.monitor is not None:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=dirpath,
-                filename="best-step={step:09d}",
-                auto_insert_metric_name=False,
-                monitor=cfg.monitor,
-                mode=cfg.monitor_mode,
-                save_top_k=cfg.top_k,
-                enable_version_counter=False,
-            )
-        )
+        callbacks.append(saver("best-step={step:09d}", monitor=cfg.monitor, mode=cfg.monitor_mode,
+                               save_top_k=cfg.top_k))
     callbacks.append(PreemptionCheckpoint(dirpath))
     return callbacks
 
