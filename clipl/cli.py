@@ -46,7 +46,7 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--main-address", "--main_address", dest="main_address", help="address of node 0")
     p.add_argument("--main-port", "--main_port", dest="main_port", help="port on node 0")
     p.add_argument("--strategy", help="auto, ddp, deepspeed")
-    p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, bf16-true")
+    p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, bf16-true (or Lightning's 32, bf16, 16)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     return p
 
@@ -78,8 +78,13 @@ def cmd_config(argv: list[str]) -> int:
 
     if not argv:
         raise ConfigError("usage: clipl config RECIPE.py [key=value ...]")
-    _, cfg = resolve(argv[0], argv[1:])
+    module, cfg = resolve(argv[0], argv[1:])
     print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+    # The config may be meant for another machine, so what `run` would refuse here is only a warning.
+    from clipl.config.validate import config_problems
+
+    for problem in config_problems(cfg, own_data=callable(getattr(module, "datamodule", None))):
+        print(f"warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -130,28 +135,80 @@ def _guarded(fn, argv: list[str]) -> int:
     try:
         return fn(argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for problem in getattr(e, "problems", None) or [str(e)]:
+            print(f"error: {problem}", file=sys.stderr)
         return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        out = sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout
+        print(__doc__.strip(), file=out)
+        note = lightning_on_path()
+        if note:
+            print(f"\nnote: {note}", file=out)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     return _guarded(COMMANDS[argv[0]], argv[1:])
 
 
+OUR_SCRIPT = "clipl.cli:lightning_main"
+
+
+def other_lightning_commands() -> list:
+    """Console-script entry points named ``lightning`` that other installed packages declare
+    (lightning-sdk's CLI; Lightning 2.5+ itself installs only ``fabric``)."""
+    from importlib.metadata import entry_points
+
+    return [ep for ep in entry_points(group="console_scripts", name="lightning") if ep.value != OUR_SCRIPT]
+
+
+def lightning_on_path() -> str | None:
+    """What ``lightning`` on PATH is when it is not clipl's script: a note saying what to do, else None."""
+    path = shutil.which("lightning")
+    if path is None:
+        return "no `lightning` command on PATH: use `clipl run RECIPE` (the same command)"
+    try:
+        text = Path(path).read_text(errors="replace")[:4000]
+    except OSError:
+        return None
+    if OUR_SCRIPT.split(":")[0] in text and "lightning_main" in text:
+        return None
+    return (f"`lightning` on PATH ({path}) is another package's (lightning-sdk installed after clipl?): "
+            "use `clipl run RECIPE`, the same command, or `pip install --force-reinstall --no-deps clipl` "
+            "to get clipl's `lightning` back (it forwards every non-clipl command to the other CLI)")
+
+
+def _is_recipe(arg: str) -> bool:
+    from clipl.run import shipped_recipes
+
+    return arg.endswith(".py") or arg in shipped_recipes()
+
+
 def lightning_main(argv: list[str] | None = None) -> int:
-    """``lightning run RECIPE ...`` (``lightning run model RECIPE`` is accepted too)."""
+    """``lightning run RECIPE ...`` (``lightning run model RECIPE`` is accepted too).
+
+    The ``lightning`` name is shared: lightning-sdk installs a ``lightning`` CLI too. clipl's script
+    takes clipl's commands (``run`` with a recipe, ``--help``) and hands everything else to the other
+    package's ``lightning`` entry point when one is installed, so neither loses its commands.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "run":
-        print("usage: lightning run RECIPE.py [flags] [key=value ...]  (see `clipl --help`)",
-              file=sys.stderr)
-        return 2
     rest = argv[1:]
     if rest[:1] == ["model"] and len(rest) > 1:
         rest = rest[1:]
+    ours = argv[:1] == ["run"] and (not rest or rest[0].startswith("-") or _is_recipe(rest[0]))
+    others = other_lightning_commands()
+    if not ours and others and argv[:1] not in (["-h"], ["--help"], []):
+        sys.argv = ["lightning", *argv]
+        return int(others[0].load()() or 0)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{__doc__.strip()}\n\n`lightning` is clipl's command here; `clipl` takes the same arguments.")
+        if others:
+            print(f"Other commands go to {others[0].value} ({others[0].dist.name if others[0].dist else '?'}).")
+        return 0
+    if argv[:1] != ["run"]:
+        print("usage: lightning run RECIPE.py [flags] [key=value ...]  (see `lightning --help`)", file=sys.stderr)
+        return 2
     return _guarded(lambda a: cmd_run(a, prog="lightning run"), rest)
 
 

@@ -141,6 +141,13 @@ def _write_config(cfg: Any, out_dir: Path) -> None:
 
 def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     """Train with ``recipe``; returns the process exit code (0, or 143 after a SIGTERM save)."""
+    from clipl.config.validate import validate
+
+    module, cfg = resolve(recipe, overrides)
+    # Fail fast: data paths, eval sets, devices, precision, checkpoints and out_dir are checked before
+    # Lightning or the model are even imported; every problem is reported at once.
+    validate(cfg, own_data=callable(getattr(module, "datamodule", None)))
+
     import lightning as L
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -152,7 +159,6 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.tracking import build_loggers
     from clipl.trainer import build_trainer
 
-    module, cfg = resolve(recipe, overrides)
     cfg = resolve_batch_config(cfg)
     out_dir = Path(cfg.out_dir)
     ckpt_path = _resume_from(cfg, out_dir)

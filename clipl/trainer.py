@@ -19,6 +19,9 @@ __all__ = ["TrainerConfig", "accumulation_for", "apply_model_switches", "build_t
            "register_strategy", "resolve_batch", "world_size"]
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+# Lightning's short precision names -> the one full name a config stores, so `--precision bf16`
+# and `--precision bf16-mixed` give the same config.yaml (and the same resume compatibility).
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
 
@@ -43,7 +46,8 @@ class TrainerConfig:
     deepspeed: DeepSpeedOptions = field(default_factory=DeepSpeedOptions)
     """Advanced DeepSpeed settings (bucket sizes, fp16 loss scaling)."""
     precision: str = "32-true"
-    """'32-true', 'bf16-mixed', '16-mixed' (fp16 with dynamic loss scaling; CUDA only) or 'bf16-true'."""
+    """'32-true', 'bf16-mixed', '16-mixed' (fp16 with dynamic loss scaling; CUDA only) or 'bf16-true'.
+    Lightning's aliases are accepted and stored in full: '32', '16' (16-mixed), 'bf16' (bf16-mixed)."""
     max_steps: int = -1
     """Optimizer steps to train for; -1 = no limit (then max_epochs bounds the run)."""
     max_epochs: Optional[int] = None
@@ -90,6 +94,7 @@ class TrainerConfig:
     """Print the parameter summary at the start of fit."""
 
     def __post_init__(self) -> None:
+        self.precision = PRECISION_ALIASES.get(str(self.precision).strip(), str(self.precision).strip())
         self.validate()
 
     def validate(self) -> None:

@@ -22,6 +22,14 @@ class ConfigError(ValueError):
     """A configuration the user must fix; the CLI prints it and exits with code 2."""
 
 
+class ConfigProblems(ConfigError):
+    """Several problems found together; the CLI prints one ``error:`` line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
 # Why a mandatory field is needed and how to fill it, shown when a recipe leaves it MISSING.
 MISSING_HINTS: dict[str, str] = {
     "data.train": "a training data source: data.train='/data/shards/{00000..01023}.tar' "
@@ -82,10 +90,13 @@ SHORTCUTS: dict[str, Callable[[DictConfig, str], None]] = {
 
 
 def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
-    """Merge ``key=value`` items into the structured ``node`` in order; raises ConfigError."""
+    """Merge ``key=value`` items into the structured ``node`` in order; raises ConfigProblems listing
+    every bad item (one line each), not just the first."""
+    problems = []
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+            problems.append(f"override {item!r} is not of the form key=value")
+            continue
         key, value = item.split("=", 1)
         key = key.strip()
         try:
@@ -94,14 +105,16 @@ def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
             else:
                 node.merge_with(OmegaConf.from_dotlist([f"{key}={value}"]))
         except ConfigKeyError:
-            raise ConfigError(f"unknown config key {key!r}.{_suggest(key, node)}") from None
+            problems.append(f"unknown config key {key!r}.{_suggest(key, node)}")
         except KeyError as e:  # unknown preset / objective name
-            raise ConfigError(f"{key}={value}: {e.args[0]}") from None
+            problems.append(f"{key}={value}: {e.args[0]}")
         except ValidationError as e:
             msg = str(e).splitlines()[0]
-            raise ConfigError(f"{key}={value!r}: wrong type for {key} ({msg})") from None
+            problems.append(f"{key}={value!r}: wrong type for {key} ({msg})")
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
+            problems.append(f"{key}={value!r}: {str(e).splitlines()[0]}")
+    if problems:
+        raise ConfigProblems(problems)
 
 
 def parse(base: Any, overrides: list[str] | None = None) -> Any:
@@ -111,8 +124,8 @@ def parse(base: Any, overrides: list[str] | None = None) -> Any:
     apply_overrides(node, list(overrides or []))
     missing = sorted(OmegaConf.missing_keys(node))
     if missing:
-        lines = [f"  {k}: {MISSING_HINTS.get(k, 'set it with ' + k + '=VALUE')}" for k in missing]
-        raise ConfigError("missing required config value(s):\n" + "\n".join(lines))
+        raise ConfigProblems([f"{k}: missing; {MISSING_HINTS.get(k, 'set it with ' + k + '=VALUE')}"
+                              for k in missing])
     try:
         return OmegaConf.to_object(node)  # runs the dataclasses' own validation (__post_init__)
     except (OmegaConfBaseException, ValueError) as e:

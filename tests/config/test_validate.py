@@ -1,0 +1,154 @@
+"""Fail fast: ten newcomer mistakes each exit 2 within seconds, one line per problem, no traceback,
+and nothing is built (no run directory appears). A few go through the real `lightning` script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clipl import cli
+from clipl.config import validate as validate_mod
+from clipl.trainer import TrainerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _mistakes(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (arguments after `run`, the field(s) each error line must name)."""
+    (tmp / "empty_shards").mkdir()
+    (tmp / "a_file").write_text("not a folder")
+    return {
+        "misspelt key": (["quickstart", "trainer.max_stepz=3"], ["trainer.max_steps"]),
+        "wrong type": (["quickstart", "trainer.max_steps=three"], ["trainer.max_steps"]),
+        "missing data path": (["quickstart", f"data.train={tmp}/cc3m/00000.tar"], ["data.train"]),
+        "empty brace pattern": (["quickstart", f"data.train={tmp}/empty_shards/{{00000..00331}}.tar"],
+                                ["data.train"]),
+        "unknown preset": (["quickstart", "model=vit_b33"], ["model=vit_b33"]),
+        "missing recipe": (["recipes/quickstrat.py"], ["quickstrat"]),
+        "missing eval folder": (["quickstart", f"eval.zeroshot=[{tmp}/my_classes]"], ["eval.zeroshot[0]"]),
+        "gpu accelerator without a GPU": (["quickstart", "--accelerator", "gpu"], ["trainer.accelerator"]),
+        "bf16 on a CPU without support": (["quickstart", "--precision", "bf16"], ["trainer.precision=bf16-mixed"]),
+        "unwritable out_dir": (["quickstart", f"out_dir={tmp}/a_file/run"], ["out_dir"]),
+    }
+
+
+def test_every_mistake_is_listed(tmp_path):
+    assert sorted(_mistakes(tmp_path)) == sorted(MISTAKES)
+
+
+def _check(rc: int, err: str, fields: list[str], seconds: float, run_dir: Path) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == len(fields), err  # one line per problem, nothing else
+    for line, field in zip(lines, fields):
+        assert line.startswith("error: ") and field in line, err
+    assert seconds < 10, f"{seconds:.1f} s"
+    assert not run_dir.exists()  # nothing was built or written
+
+
+MISTAKES = ["misspelt key", "wrong type", "missing data path", "empty brace pattern", "unknown preset",
+            "missing recipe", "missing eval folder", "gpu accelerator without a GPU", "bf16 on a CPU without support",
+            "unwritable out_dir"]
+
+
+@pytest.mark.parametrize("name", MISTAKES)
+def test_newcomer_mistake_exits_2_in_seconds(name, tmp_path, capsys, monkeypatch):
+    if name.startswith("gpu") and validate_mod.cuda_device_count() > 0:
+        pytest.skip("this machine has a GPU")
+    monkeypatch.chdir(REPO)
+    if name.startswith("bf16"):
+        monkeypatch.setattr(validate_mod, "bf16_supported", lambda device: False)
+    args, fields = _mistakes(tmp_path)[name]
+    run_dir = tmp_path / "run"
+    if not any(a.startswith("out_dir=") for a in args):
+        args = args + [f"out_dir={run_dir}"]
+    t0 = time.perf_counter()
+    rc = cli.main(["run", *args])
+    seconds = time.perf_counter() - t0
+    _check(rc, capsys.readouterr().err, fields, seconds, run_dir)
+
+
+def _lightning_script() -> str:
+    local = Path(sys.executable).with_name("lightning")
+    return str(local) if local.exists() else shutil.which("lightning")
+
+
+@pytest.mark.parametrize("name", ["missing data path", "gpu accelerator without a GPU", "unwritable out_dir"])
+def test_mistakes_through_the_lightning_script(name, tmp_path):
+    if name.startswith("gpu") and validate_mod.cuda_device_count() > 0:
+        pytest.skip("this machine has a GPU")
+    args, fields = _mistakes(tmp_path)[name]
+    run_dir = tmp_path / "run"
+    if not any(a.startswith("out_dir=") for a in args):
+        args = args + [f"out_dir={run_dir}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run([_lightning_script(), "run", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    _check(proc.returncode, proc.stderr, fields, time.perf_counter() - t0, run_dir)
+
+
+def test_all_problems_are_reported_together(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(validate_mod, "cuda_device_count", lambda: 0)
+    (tmp_path / "a_file").write_text("x")
+    rc = cli.main(["run", "quickstart", f"data.train={tmp_path}/x/{{0..3}}.tar", "data.val=/nope/val.csv",
+                   f"eval.linear_probe=[shapes,{tmp_path}/probe]", "eval.zeroshot=[shapes:size]",
+                   "--accelerator", "cuda", "checkpoint.resume=/nope/step=1.ckpt", f"out_dir={tmp_path}/a_file/r"])
+    err = capsys.readouterr().err
+    fields = ["data.train", "data.val", "eval.zeroshot[0]", "eval.linear_probe[1]", "trainer.accelerator",
+              "checkpoint.resume", "out_dir"]
+    _check(rc, err, fields, 0.0, tmp_path / "a_file" / "r")
+    # and bad overrides are all reported, not only the first
+    rc = cli.main(["config", "quickstart", "trainer.max_stepz=1", "optim.lr=fast", "model=nope", "oops"])
+    lines = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(lines) == 4 and all(line.startswith("error: ") for line in lines)
+
+
+def test_config_command_prints_and_warns(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    rc = cli.main(["config", "quickstart", f"data.train={tmp_path}/none.tar"])
+    out = capsys.readouterr()
+    assert rc == 0 and "max_steps: 800" in out.out
+    assert out.err.strip().startswith("warning: data.train:")
+
+
+def test_good_sources_pass(tmp_path):
+    from clipl.config.validate import check_data_source, check_eval_spec
+
+    for i in range(3):
+        (tmp_path / f"{i:05d}.tar").write_bytes(b"")
+    (tmp_path / "pairs.csv").write_text("filepath,title\n")
+    (tmp_path / "classes" / "cat").mkdir(parents=True)
+    assert check_data_source(f"{tmp_path}/{{00000..00002}}.tar::{tmp_path}/pairs.csv::shapes", "data.train") == []
+    assert check_data_source(f"{tmp_path}/*.tar", "data.train") == []
+    # remote sources are the loader's to open
+    assert check_data_source("s3://bucket/{0..9}.tar::pipe:curl -s http://x/{0..3}.tar", "data.train") == []
+    assert check_eval_spec(str(tmp_path / "classes"), "eval.zeroshot[0]") == []
+    assert check_eval_spec(f"mine={tmp_path}/{{00000..00002}}.tar", "eval.zeroshot[0]") == []
+    assert check_eval_spec("shapes:colour", "eval.zeroshot[0]") == []
+    assert check_eval_spec(f"{tmp_path}/{{00000..00004}}.tar", "x")  # two of five shards missing
+
+
+@pytest.mark.parametrize("alias, canonical", [
+    ("32", "32-true"), ("32-true", "32-true"), ("bf16", "bf16-mixed"), ("bf16-mixed", "bf16-mixed"),
+    ("bf16-true", "bf16-true"), ("16", "16-mixed"), ("16-mixed", "16-mixed"),
+])
+def test_lightning_precision_aliases_are_normalised(alias, canonical):
+    from clipl.config import parse
+    from clipl.run import load_recipe
+
+    cfg = parse(load_recipe("quickstart").config(), [f"trainer.precision={alias}", "trainer.accelerator=auto"])
+    assert cfg.trainer.precision == canonical
+    assert TrainerConfig(precision=alias).precision == canonical
+
+
+def test_unsupported_lightning_precision_names_the_field():
+    with pytest.raises(ValueError, match=r"trainer\.precision.*'64-true'"):
+        TrainerConfig(precision="64")
