@@ -15,12 +15,14 @@ def build_eval_callbacks(
     cfg: EvalConfig,
     out_dir: Optional[str],
     shapes: Any = None,
-    model_name: str = "clipl",
-    pretrained: str = "",
+    model_name: Optional[str] = None,
+    pretrained: Optional[str] = None,
 ) -> list[EvalCallback]:
     """One callback per task with data sets in ``cfg``; results go to ``<out_dir>/eval/``.
 
-    ``shapes`` is the run's ShapesConfig (for "shapes" specs; None: the default set).
+    ``shapes`` is the run's ShapesConfig (for "shapes" specs; None: the default set). The JSON names
+    the architecture as ``model`` (default: its preset name or custom-<hash>) and the run with the
+    step as ``pretrained`` (default: ``<out_dir>@step<N>``).
     """
     kinds = ((ZeroShotEval, cfg.zeroshot), (RetrievalEval, cfg.retrieval), (LinearProbeEval, cfg.linear_probe))
     return [cls(list(specs), cfg, out_dir, model_name, pretrained, shapes) for cls, specs in kinds if specs]

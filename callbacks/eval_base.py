@@ -17,7 +17,8 @@ import lightning as L
 import torch
 
 from clipl.eval.config import EvalConfig
-from clipl.eval.results import write_result
+from clipl.eval.results import checkpoint_name, write_result
+from clipl.models.metadata import architecture_name
 from clipl.eval.runner import Encoders, eval_mode, model_encoders
 
 
@@ -41,8 +42,8 @@ class EvalCallback(L.Callback):
         datasets: list[str],
         config: Optional[EvalConfig] = None,
         out_dir: Optional[str] = None,
-        model_name: str = "clipl",
-        pretrained: str = "",
+        model_name: Optional[str] = None,
+        pretrained: Optional[str] = None,
         shapes: Any = None,
     ):
         super().__init__()
@@ -54,7 +55,9 @@ class EvalCallback(L.Callback):
         self.cfg = config or EvalConfig()
         self.out_dir = out_dir
         self.model_name = model_name
+        """clip_benchmark's ``model``; None: the architecture's name (preset or custom-<hash>)."""
         self.pretrained = pretrained
+        """clip_benchmark's ``pretrained`` before "@step<N>"; None: ``out_dir`` (the run)."""
         self.shapes = shapes
         self._sets: Optional[list] = None
         self._last_step: Optional[int] = None
@@ -110,11 +113,13 @@ class EvalCallback(L.Callback):
         with eval_mode(pl_module.model):
             results = self.evaluate(self.encoders(trainer, pl_module), trainer, pl_module)
         metrics = {}
+        arch = getattr(pl_module.model, "config", None)
+        model_name = self.model_name or (architecture_name(arch) if arch is not None else "clipl")
+        pretrained = checkpoint_name(self.pretrained or str(self.out_dir), step)
         for name, logged, bench in results:
             metrics.update({f"val/{self.task}/{name}/{k}": v for k, v in logged.items()})
             if trainer.is_global_zero and self.out_dir is not None:
-                write_result(Path(self.out_dir) / "eval", name, self.task, bench, self.model_name,
-                             self.pretrained, step=step)
+                write_result(Path(self.out_dir) / "eval", name, self.task, bench, model_name, pretrained, step=step)
         self._last_step = step
         self.last_metrics = metrics
         self._log(trainer, pl_module, metrics, log_with_module)

@@ -175,9 +175,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
             seed=cfg.seed,
         )
     callbacks = checkpoint_callbacks(cfg.checkpoint, out_dir) + [ThroughputMonitor()]
-    callbacks += build_eval_callbacks(
-        cfg.eval, str(out_dir), shapes=cfg.data.shapes, model_name=Path(module.__file__).stem
-    )
+    callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
     if callable(getattr(module, "callbacks", None)):
         callbacks += list(module.callbacks(cfg))
     loggers = build_loggers(cfg.logging, out_dir, to_container(cfg))

@@ -1,9 +1,11 @@
 """`clipl eval CHECKPOINT ...`: the training-time evaluations on a saved model, as a table and JSON.
 
-CHECKPOINT is a clipl Lightning checkpoint (model architecture, shapes set and evaluation settings
-come from its saved config) or an OpenAI / open_clip state dict (architecture from ``--model`` or,
-by clipl.models.weights, inferred from the tensor shapes). Under torchrun the data is sharded
-over the processes exactly as during training.
+CHECKPOINT is a clipl Lightning checkpoint or ZeRO folder (model architecture, shapes set and
+evaluation settings come from its saved config), a `clipl export` output, an open_clip folder
+(``local-dir:`` accepted), a Hugging Face CLIPModel folder, or a bare OpenAI-layout state dict with
+``--model`` (a clipl preset or an open_clip model name: shapes cannot tell GELU from QuickGELU).
+Under torchrun the data is sharded over the processes exactly as during training. The JSON names
+the architecture as ``model`` and the checkpoint (with its step) as ``pretrained``.
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ from typing import Any, Optional
 import torch
 
 from clipl.eval.config import EvalConfig
-from clipl.eval.results import format_table, write_result
+from clipl.eval.results import checkpoint_name, format_table, write_result
+from clipl.models.metadata import architecture_name
 from clipl.eval.runner import eval_mode, model_encoders, run_linear_probe, run_retrieval, run_zero_shot
 from clipl.eval.specs import resolve, resolve_probe
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipl eval", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="clipl Lightning checkpoint (.ckpt) or OpenAI/open_clip state dict")
-    p.add_argument("--model", help="preset name (default: the checkpoint's config, or inferred from the weights)")
-    p.add_argument("--zeroshot", action="append", metavar="DIR|SHARDS|shapes[:split]", help="zero-shot set (repeatable)")
+    p.add_argument("checkpoint", help="clipl .ckpt / ZeRO folder, clipl export, open_clip or HF folder, or state dict")
+    p.add_argument("--model", help="clipl preset or open_clip model name (needed for a bare state dict; default: "
+                                   "the architecture recorded with the weights)")
+    p.add_argument("--zeroshot", action="append", metavar="DIR|SHARDS|shapes[:split]",
+                   help="zero-shot set (repeatable); a clip_benchmark WebDataset folder (DIR/test/*.tar, "
+                        "classnames.txt and zeroshot_classification_templates.txt at DIR) works as is")
     p.add_argument("--retrieval", action="append", metavar="SHARDS|shapes[:split]", help="retrieval set (repeatable)")
     p.add_argument("--linear-probe", action="append", metavar="DIR|SHARDS|shapes[:split]", help="linear-probe set (repeatable)")
     p.add_argument("--out", help="folder for the clip_benchmark JSON files (none written if omitted)")
@@ -47,66 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
 def load_for_eval(
     path: str, preset: Optional[str] = None, trust_torchscript: bool = False
 ) -> tuple[torch.nn.Module, Any, Optional[int]]:
-    """(CLIPModel, the run's RunConfig or None, global step or None) from a checkpoint.
+    """(CLIPModel, the run's RunConfig or None, global step or None) from any weights source.
 
-    A clipl Lightning checkpoint carries its config; anything else (OpenAI / open_clip files or
-    folders) goes through clipl.models.weights.load_model, which infers the architecture.
+    A clipl Lightning checkpoint (or ZeRO folder) carries its config; exports, open_clip and
+    Hugging Face folders carry their architecture; a bare state dict needs ``preset`` (a clipl
+    preset or an open_clip model name), see clipl.models.weights.load_model.
     """
-    from clipl.models import build_model
-    from clipl.models.weights import load_model
+    from clipl.models.weights import load_checkpoint
 
-    p = Path(path)
+    p = Path(path[len("local-dir:"):] if path.startswith("local-dir:") else path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    ckpt = None
-    if p.is_file():
-        try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:
-            ckpt = None  # TorchScript archives and other formats: the weights importer decides
-    if isinstance(ckpt, dict) and "state_dict" in ckpt and "hyper_parameters" in ckpt:
-        run_cfg = _run_config(ckpt["hyper_parameters"])
-        mcfg = _model_config(ckpt["hyper_parameters"], run_cfg)
-        model = build_model(preset) if preset else build_model(mcfg)
-        missing, unexpected = model.load_state_dict(_model_keys(ckpt["state_dict"]), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{p}: checkpoint does not fit the model: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        if run_cfg is not None and run_cfg.trainer.channels_last:
-            # The run's evaluation callbacks saw channels_last convolutions, whose float rounding
-            # differs; the same layout reproduces their numbers exactly (a linear probe's penalty
-            # search can otherwise flip on a near tie). torch.compile is not applied here.
-            from clipl.trainer import apply_model_switches
+    model, src = load_checkpoint(path, model=preset, trust_torchscript=trust_torchscript)
+    run_cfg = src.run_config
+    if run_cfg is not None and run_cfg.trainer.channels_last:
+        # The run's evaluation callbacks saw channels_last convolutions, whose float rounding
+        # differs; the same layout reproduces their numbers exactly (a linear probe's penalty
+        # search can otherwise flip on a near tie). torch.compile is not applied here.
+        from clipl.trainer import apply_model_switches
 
-            model = apply_model_switches(model, dataclasses.replace(run_cfg.trainer, compile=False))
-        return model, run_cfg, ckpt.get("global_step")
-    return load_model(str(p), preset=preset, trust_torchscript=trust_torchscript), None, None
-
-
-def _model_keys(state: dict) -> dict:
-    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-
-
-def _run_config(hp: dict) -> Any:
-    try:
-        from clipl.config.io import from_container
-        from clipl.config.schema import RunConfig
-
-        return from_container(RunConfig, dict(hp["config"]))
-    except Exception:  # an older or foreign schema: the model section alone still suffices
-        return None
-
-
-def _model_config(hp: dict, run_cfg: Any) -> Any:
-    if run_cfg is not None:
-        return run_cfg.model
-    from clipl.config.io import from_container
-    from clipl.models import ModelConfig
-
-    try:
-        return from_container(ModelConfig, dict(hp["config"]["model"]))
-    except KeyError as e:
-        raise ValueError("checkpoint hyper_parameters lack config.model: not a clipl checkpoint?") from e
+        model = apply_model_switches(model, dataclasses.replace(run_cfg.trainer, compile=False))
+    return model, run_cfg, src.step
 
 
 def _eval_config(args: argparse.Namespace, run_cfg: Any) -> EvalConfig:
@@ -164,8 +131,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if is_zero:
         print(format_table(rows))
         if args.out:
+            arch = args.model or architecture_name(model.config)
             for task, name, metrics in rows:
-                path = write_result(args.out, name, task, metrics, model=args.model or "clipl",
-                                    pretrained=str(args.checkpoint), step=step)
+                path = write_result(args.out, name, task, metrics, model=arch,
+                                    pretrained=checkpoint_name(str(args.checkpoint), step), step=step)
                 print(f"wrote {path}")
     return 0

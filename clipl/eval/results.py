@@ -25,6 +25,12 @@ def benchmark_metrics(task: str, metrics: dict[str, float]) -> dict[str, float]:
     return dict(metrics)
 
 
+def checkpoint_name(checkpoint: str, step: Optional[int]) -> str:
+    """clip_benchmark's ``pretrained`` column: the checkpoint (file or run) with its step, so rows of
+    different checkpoints of one run never merge in ``clip_benchmark build`` tables."""
+    return checkpoint if step is None else f"{checkpoint}@step{int(step)}"
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]+", "_", name).strip("_") or "dataset"
 

@@ -12,8 +12,12 @@ from clipl.models.registry import (
 )
 
 
-_WEIGHTS_API = ("load_model", "load_state_dict_file", "export_state_dict", "infer_model_config",
-                "check_state_dict")
+_WEIGHTS_API = ("load_model", "load_checkpoint", "load_state_dict_file", "export_state_dict",
+                "infer_model_config", "check_state_dict", "resolve_architecture")
+
+
+# Submodules reachable as attributes after a plain `import clipl` (clipl.models.weights.load_model).
+_LAZY_SUBMODULES = ("weights", "sources", "metadata", "open_clip_format", "hf_format", "export", "init_from")
 
 
 def __getattr__(name):
@@ -22,6 +26,10 @@ def __getattr__(name):
         from clipl.models import weights
 
         return getattr(weights, name)
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"clipl.models.{name}")
     raise AttributeError(f"module 'clipl.models' has no attribute {name!r}")
 
 

@@ -65,6 +65,8 @@ class CLIPModel(nn.Module):
             init_logit_bias=cfg.init_logit_bias,
         )
         model.set_grad_checkpointing(cfg.grad_checkpointing)
+        # Recorded so exports carry the exact architecture (clipl.models.weights.export_state_dict).
+        model.config = cfg
         return model
 
     @property

@@ -1,15 +1,20 @@
-"""Import and export of CLIP weights in OpenAI's state-dict layout (shared by open_clip's ``CLIP``).
+"""Loading and saving CLIP weights in OpenAI's state-dict layout (shared by open_clip's ``CLIP``).
 
 Files are read with ``torch.load(weights_only=True)`` or safetensors only: no pickled code runs.
 OpenAI's released ``.pt`` files are TorchScript archives, which execute code when loaded; they are
 refused unless the caller passes ``trust_torchscript=True``.
+
+The architecture is never guessed: it comes from what was recorded with the weights (a clipl
+checkpoint's run config, clipl's export metadata, an open_clip or Hugging Face config) or from an
+explicit ``preset=``/``model=``. Shapes alone cannot tell the MLP activation (GELU vs QuickGELU) or
+the number of attention heads, so a bare state dict without either is refused, naming the
+architectures its shapes fit.
 """
 
 from __future__ import annotations
 
-import pickle
+import dataclasses
 import re
-import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -20,80 +25,22 @@ from clipl.models.backbones.modified_resnet import ModifiedResNetConfig
 from clipl.models.backbones.text_transformer import TextTransformerConfig
 from clipl.models.backbones.vit import ViTConfig
 from clipl.models.config import ModelConfig
+from clipl.models.metadata import METADATA_KEY, config_to_json, describe_differences, write_sidecar
+from clipl.models.sources import Source, read_source
 
 PathLike = Union[str, Path]
 # open_clip's exported model folder (``open_clip.push_to_hf_hub`` layout).
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-# Prefixes that wrappers add to every key: DDP/DeepSpeed ("module."), the LightningModule attribute
-# ("model."), torch.compile ("_orig_mod.").
-_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
-# Non-parameter entries of OpenAI's TorchScript state dicts (open_clip drops them too).
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    # torch.jit.save archives hold the module's Python code and constants beside the tensors.
-    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
-
-
-def _unwrap(obj, source: str) -> dict[str, torch.Tensor]:
-    wrapped = isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
-    if wrapped:
-        obj = obj["state_dict"]  # {"state_dict": ...} wrappers, Lightning checkpoints
-    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{source}: expected a state dict (name -> tensor) or a {{'state_dict': ...}} wrapper")
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor) and k not in _OPENAI_EXTRA_KEYS}
-    if wrapped and any(k.startswith("model.") for k in sd):
-        # A LightningModule (clipl.module.CLIPModule) holds the CLIPModel as `model`; other entries
-        # (objective buffers, ...) are not part of the model's weights.
-        sd = {k: v for k, v in sd.items() if k.startswith("model.")}
-    stripped = True
-    while stripped:  # e.g. "model.module." from a Lightning module around a DDP model
-        stripped = False
-        for prefix in _WRAPPER_PREFIXES:
-            if sd and all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
-                stripped = True
-    return sd
 
 
 def load_state_dict_file(path: PathLike, trust_torchscript: bool = False) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``path``: .safetensors, a torch file, or an open_clip model folder.
+    """Read a state dict from ``path``: any source clipl.models.sources reads (.safetensors, a torch
+    file or Lightning checkpoint, an open_clip or Hugging Face folder, a ZeRO checkpoint folder).
 
     Torch files load with ``weights_only=True``; wrappers (``{"state_dict": ...}``, Lightning
     checkpoints) and the prefixes ``module.``/``model.``/``_orig_mod.`` are removed.
     """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        if not (path / OPEN_CLIP_WEIGHTS).is_file():
-            raise FileNotFoundError(f"{path} is a folder without {OPEN_CLIP_WEIGHTS} (open_clip's exported layout)")
-        path = path / OPEN_CLIP_WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        return _unwrap(load_file(str(path), device="cpu"), str(path))
-    if _is_torchscript(path):
-        if not trust_torchscript:
-            raise ValueError(
-                f"{path} is a TorchScript archive (like OpenAI's released CLIP .pt files). Loading one runs "
-                "the Python code stored inside it, so clipl refuses by default. If you trust its source, pass "
-                "trust_torchscript=True, or convert it once to a state dict and load that."
-            )
-        return _unwrap(torch.jit.load(str(path), map_location="cpu").state_dict(), str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} cannot be read with torch.load(weights_only=True): it stores Python objects besides "
-            f"tensors ({err}). Re-save its state_dict() with torch.save or safetensors."
-        ) from err
-    return _unwrap(obj, str(path))
+    return read_source(path, trust_torchscript=trust_torchscript).state_dict
 
 
 def _count(sd: dict, pattern: str) -> int:
@@ -109,9 +56,10 @@ def _grid_side(n_positions: int, key: str) -> int:
 
 
 def infer_model_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
-    """The ModelConfig of an OpenAI-layout state dict, read from its tensor shapes.
+    """The sizes of an OpenAI-layout state dict, read from its tensor shapes, as a ModelConfig.
 
-    Heads follow OpenAI's head-width-64 rule (they are not visible in the shapes).
+    What shapes cannot show is filled with OpenAI's conventions (heads of width 64, QuickGELU), so
+    the result is only a guess there: load_model never builds a model from it alone.
     """
     def need(key: str) -> torch.Tensor:
         if key not in sd:
@@ -172,36 +120,141 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str 
         raise ValueError(f"{source} does not fit this model: " + "; ".join(p for p in parts if p))
 
 
-def load_model(path: PathLike, preset: Union[str, ModelConfig, None] = None, trust_torchscript: bool = False):
-    """A CLIPModel (fp32) with the weights of ``path``.
+def resolve_architecture(name: Union[str, ModelConfig]) -> ModelConfig:
+    """A ModelConfig from a clipl preset name, an open_clip model name (``ViT-B-32``, ``RN50-quickgelu``),
+    or a ModelConfig (returned as is)."""
+    if isinstance(name, ModelConfig):
+        return name
+    from clipl.models.registry import list_presets, preset
 
-    Its architecture is ``preset`` (a preset name or a ModelConfig, needed for timm/HF towers) or,
-    when None, inferred from the tensor shapes of an OpenAI-layout state dict.
-    """
+    if name in list_presets():
+        return preset(name)
+    from clipl.models.open_clip_format import open_clip_model_config
+
+    return open_clip_model_config(name)
+
+
+def _shape_key(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with what shapes cannot tell (heads, activation, temperature) set to fixed values."""
+    def tower(t):
+        names = {f.name for f in dataclasses.fields(t)}
+        return dataclasses.replace(t, **{k: v for k, v in (("heads", None), ("act", "quick_gelu")) if k in names})
+
+    return dataclasses.replace(cfg, image=tower(cfg.image), text=tower(cfg.text), init_logit_scale=0.0,
+                               init_logit_bias=None, grad_checkpointing=False)
+
+
+def _act_name(cfg: ModelConfig) -> str:
+    acts = {getattr(t, "act", None) for t in (cfg.image, cfg.text)} - {None}
+    return "/".join(sorted({"quick_gelu": "QuickGELU", "gelu": "GELU"}.get(a, a) for a in acts))
+
+
+def shape_candidates(sd: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
+    """(how to name it, description) of every clipl preset and open_clip model whose shapes fit ``sd``."""
+    from clipl.models.registry import list_presets, preset
+
+    key = _shape_key(infer_model_config(sd))
+    out = [(f"preset={n!r}", f"clipl preset, {_act_name(preset(n))}") for n in list_presets()
+           if _shape_key(preset(n)) == key]
+    try:
+        import open_clip
+
+        from clipl.models.open_clip_format import from_open_clip_cfg
+    except ImportError:
+        return out
+    for name in open_clip.list_models():
+        try:
+            cfg = from_open_clip_cfg(open_clip.get_model_config(name), name)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if _shape_key(cfg) == key:
+            out.append((f"model={name!r}", f"open_clip, {_act_name(cfg)}"))
+    return out
+
+
+def _refuse_bare(src: Source) -> None:
+    where = str(src.path)
+    try:
+        candidates = shape_candidates(src.state_dict)
+    except ValueError as err:
+        raise ValueError(f"{where}: no architecture is recorded with these weights and {err}. Pass preset= "
+                         "(a preset name or a ModelConfig) or model= (an open_clip model name)") from None
+    listed = "; ".join(f"{how} ({what})" for how, what in candidates) or "none of the presets or open_clip models"
+    raise ValueError(
+        f"{where}: a bare state dict: its shapes fix the sizes but not the MLP activation (GELU or QuickGELU) "
+        f"nor the attention heads, and clipl does not guess them. Name the architecture: load_model(path, "
+        f"preset=...) / model=... (clipl eval|export --model NAME). Architectures with these shapes: {listed}. "
+        "OpenAI's weights are QuickGELU, most LAION/open_clip weights GELU. For a custom model pass "
+        "preset=ModelConfig(...). Files written by `clipl export` or training carry their architecture."
+    )
+
+
+def load_checkpoint(
+    path: PathLike,
+    preset: Union[str, ModelConfig, None] = None,
+    model: Optional[str] = None,
+    trust_torchscript: bool = False,
+) -> tuple[nn.Module, Source]:
+    """(CLIPModel in fp32 with the weights of ``path``, what was read); see :func:`load_model`."""
     from clipl.models import build_model
 
-    sd = load_state_dict_file(path, trust_torchscript=trust_torchscript)
-    if preset is None:
-        try:
-            cfg = infer_model_config(sd)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}. For other layouts pass preset= (a preset name or a ModelConfig)") from None
-    else:
-        cfg = preset
-    model = build_model(cfg)
-    check_state_dict(model, sd, source=str(path))
-    model.load_state_dict(sd, strict=True)
-    return model
+    if preset is not None and model is not None:
+        raise ValueError("pass preset= or model=, not both")
+    src = read_source(path, trust_torchscript=trust_torchscript)
+    explicit = None if preset is None and model is None else resolve_architecture(preset if model is None else model)
+    if explicit is not None and src.config is not None:
+        diff = describe_differences(_plain(src.config), _plain(explicit))
+        if diff:
+            raise ValueError(
+                f"{path}: its recorded architecture differs from the one named ({'; '.join(diff[:4])}). Omit "
+                "preset=/model= to use the recorded one."
+            )
+    cfg = explicit or src.config
+    if cfg is None:
+        _refuse_bare(src)
+    net = build_model(cfg)
+    check_state_dict(net, src.state_dict, source=str(path))
+    net.load_state_dict(src.state_dict, strict=True)
+    return net, src
 
 
-def export_state_dict(model_or_sd, path: PathLike, overwrite: bool = False) -> Path:
+def _plain(cfg: ModelConfig) -> ModelConfig:
+    # Training-only switches are not architecture.
+    return dataclasses.replace(cfg, grad_checkpointing=False, init_logit_scale=0.0)
+
+
+def load_model(
+    path: PathLike,
+    preset: Union[str, ModelConfig, None] = None,
+    model: Optional[str] = None,
+    trust_torchscript: bool = False,
+) -> nn.Module:
+    """A CLIPModel (fp32) with the weights of ``path``.
+
+    ``path``: a clipl ``.ckpt`` (the exact model of its run config), a ZeRO checkpoint folder, a
+    clipl export (architecture in its metadata), an open_clip folder (``local-dir:`` accepted), a
+    Hugging Face ``CLIPModel`` folder, or a bare OpenAI-layout state dict (.safetensors/.pt).
+    ``preset``: a clipl preset name or ModelConfig; ``model``: an open_clip model name (or preset).
+    A bare state dict needs one of them; one that contradicts a recorded architecture is refused.
+    """
+    return load_checkpoint(path, preset=preset, model=model, trust_torchscript=trust_torchscript)[0]
+
+
+def export_state_dict(model_or_sd, path: PathLike, overwrite: bool = False,
+                      config: Optional[ModelConfig] = None) -> Path:
     """Write OpenAI-layout weights to ``path``: safetensors for ``.safetensors``, else torch.save
-    (``.pt``/``.pth``/``.bin``). An existing file is kept unless ``overwrite=True``."""
+    (``.pt``/``.pth``/``.bin``). An existing file is kept unless ``overwrite=True``.
+
+    The architecture (``config``, or the model's own ``config`` when a CLIPModel is given) is
+    recorded in the safetensors header, or for torch files in ``<path>.json`` beside them.
+    """
     path = Path(path)
     if path.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
         raise ValueError(f"{path}: unknown weights suffix {path.suffix!r}; use .safetensors, .pt, .pth or .bin")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if config is None and isinstance(model_or_sd, nn.Module):
+        config = getattr(model_or_sd, "config", None)
     sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else dict(model_or_sd)
     # Own contiguous CPU copies: safetensors refuses views that share storage.
     sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
@@ -209,10 +262,13 @@ def export_state_dict(model_or_sd, path: PathLike, overwrite: bool = False) -> P
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(sd, str(path))
+        save_file(sd, str(path), metadata={"format": "pt", METADATA_KEY: config_to_json(config)} if config else None)
     else:
         torch.save(sd, path)
+        if config is not None:
+            write_sidecar(path, config)
     return path
 
 
-__all__ = ["check_state_dict", "export_state_dict", "infer_model_config", "load_model", "load_state_dict_file"]
+__all__ = ["check_state_dict", "export_state_dict", "infer_model_config", "load_checkpoint", "load_model",
+           "load_state_dict_file", "resolve_architecture", "shape_candidates"]

@@ -63,7 +63,7 @@ def _cfg(**kw):
 
 def test_callbacks_schedule_log_and_write_json(tmp_path, shapes):
     cfg = _cfg(zeroshot=["shapes:shape"], retrieval=["shapes"], linear_probe=["shapes:shape"], every_n_steps=2)
-    cbs = build_eval_callbacks(cfg, str(tmp_path), shapes=shapes, model_name="tiny_vit")
+    cbs = build_eval_callbacks(cfg, str(tmp_path), shapes=shapes)
     assert [type(c) for c in cbs] == [ZeroShotEval, RetrievalEval, LinearProbeEval]
     system = TinySystem()
     trainer = L.Trainer(accelerator="cpu", max_steps=4, limit_val_batches=1, num_sanity_val_steps=1,
@@ -79,6 +79,8 @@ def test_callbacks_schedule_log_and_write_json(tmp_path, shapes):
     ]
     rec = json.loads((tmp_path / "eval" / files[3]).read_text())
     assert rec["task"] == "zeroshot_classification" and rec["dataset"] == "shapes_shape" and rec["model"] == "tiny_vit"
+    # The checkpoint column names the run and the step: one row per checkpoint in clip_benchmark tables.
+    assert rec["pretrained"] == f"{tmp_path}@step4" and rec["step"] == 4
     assert set(rec["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"} and rec["language"] == "en"
     ret = json.loads((tmp_path / "eval" / files[5]).read_text())["metrics"]
     assert set(ret) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}

@@ -52,20 +52,27 @@ def test_cli_reproduces_direct_evaluation(setup, capsys):
         zs = run_zero_shot(enc, resolve("shapes:shape", "zeroshot", cfg.data.shapes)[0], cfg.eval).metrics
         lp = run_linear_probe(enc, resolve_probe("shapes:colour", cfg.data.shapes)[0], cfg.eval)
     rec = json.loads((tmp / "out" / files[1]).read_text())
-    assert rec["metrics"] == zs and rec["pretrained"] == str(ckpt) and rec["step"] == 12
+    assert rec["metrics"] == zs and rec["pretrained"] == f"{ckpt}@step12" and rec["step"] == 12
+    assert rec["model"] == "tiny_vit"  # the architecture, not the file
     lp_rec = json.loads((tmp / "out" / files[0]).read_text())["metrics"]
     assert lp_rec["lp_acc1"] == lp.metrics["acc1"] and lp_rec["weight_decay"] == lp.weight_decay
 
 
 def test_cli_overrides_and_state_dict(setup, capsys, tmp_path):
     tmp, cfg, model, ckpt = setup
-    sd = tmp_path / "weights.pt"
-    torch.save(model.state_dict(), sd)
+    from clipl.models.weights import export_state_dict
+
+    bare = tmp_path / "bare.pt"
+    torch.save(model.state_dict(), bare)
+    sd = export_state_dict(model, tmp_path / "weights.pt")  # records the architecture beside it
     # A state dict has no run config: point at the same shapes set through its directory.
     from clipl.data.shapes import ensure_shapes
 
     shape_split = str(ensure_shapes(cfg.data.shapes).root / "shape")
-    # No --model: the architecture is inferred from the tensor shapes.
+    # A bare state dict: shapes cannot tell the activation or heads, and nothing is guessed.
+    with pytest.raises(ValueError, match="bare state dict.*preset='tiny_vit'"):
+        cli.main([str(bare), "--zeroshot", f"shapes_shape={shape_split}", "--device", "cpu"])
+    # No --model: the architecture comes from clipl's export metadata.
     assert cli.main([str(sd), "--zeroshot", f"shapes_shape={shape_split}", "--templates",
                      "shapes", "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
     rec = json.loads(next((tmp_path / "o").glob("*.json")).read_text())

@@ -76,7 +76,7 @@ def test_export_then_load_gives_equal_outputs(tmp_path, suffix, cfg):
 def test_half_precision_checkpoint_loads_into_fp32(tmp_path):
     model = build_model("tiny_vit")
     path = export_state_dict({k: v.half() for k, v in model.state_dict().items()}, tmp_path / "fp16.pt")
-    loaded = load_model(path)
+    loaded = load_model(path, preset="tiny_vit")  # a bare dict: the architecture must be named
     assert next(loaded.parameters()).dtype == torch.float32
     inputs = _inputs(model)
     for a, b in zip(_encode(model.half().float(), *inputs), _encode(loaded, *inputs)):
@@ -92,9 +92,11 @@ def test_adapter_towers_round_trip_with_a_config(tmp_path):
                       text=HFTextConfig(hidden_size=64, num_layers=1, num_heads=1, context_length=16))
     model = build_model(cfg)
     path = export_state_dict(model, tmp_path / "hf.safetensors")
-    with pytest.raises(ValueError, match="pass preset="):
-        load_model(path)
-    loaded = load_model(path, preset=cfg)
+    loaded = load_model(path)  # the architecture travels in the safetensors header
+    bare = export_state_dict(model.state_dict(), tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="Pass preset="):
+        load_model(bare)
+    assert torch.equal(load_model(bare, preset=cfg).logit_scale, model.logit_scale)
     inputs = _inputs(model)
     for a, b in zip(_encode(model, *inputs), _encode(loaded, *inputs)):
         assert torch.equal(a, b)
@@ -170,18 +172,21 @@ def test_traced_clip_model_loads_when_trusted(tmp_path):
     # Like OpenAI's released archives: a traced CLIP model whose state dict is OpenAI's layout.
     traced = torch.jit.trace_module(model, {"encode_image": images, "encode_text": tokens}, check_trace=False)
     torch.jit.save(traced, str(path))
-    loaded = load_model(path, trust_torchscript=True)
+    loaded = load_model(path, preset="tiny_vit", trust_torchscript=True)
     for a, b in zip(_encode(model, images, tokens), _encode(loaded, images, tokens)):
         assert torch.equal(a, b)
 
 
 def test_mismatch_names_first_key_and_shapes(tmp_path):
-    path = export_state_dict(build_model("tiny_vit", embed_dim=64), tmp_path / "w.safetensors")
+    recorded = export_state_dict(build_model("tiny_vit", embed_dim=64), tmp_path / "rec.safetensors")
+    with pytest.raises(ValueError, match=r"recorded architecture differs.*embed_dim: 64 != 128"):
+        load_model(recorded, preset="tiny_vit")
+    path = export_state_dict(build_model("tiny_vit", embed_dim=64).state_dict(), tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match=r"'text_projection': checkpoint \(128, 64\) vs model \(128, 128\)"):
         load_model(path, preset="tiny_vit")
     # A ViT checkpoint for a ResNet model: the stems' first convolutions already disagree.
     with pytest.raises(ValueError, match=r"'visual\.conv1\.weight': checkpoint \(128, 3, 8, 8\) vs model \(8, 3, 3, 3\)"):
-        load_model(export_state_dict(build_model("tiny_vit"), tmp_path / "vit.pt"), preset="tiny_rn")
+        load_model(export_state_dict(build_model("tiny_vit").state_dict(), tmp_path / "vit.pt"), preset="tiny_rn")
     sd = load_state_dict_file(path)
     sd.pop("logit_scale")
     sd["extra.weight"] = torch.zeros(1)

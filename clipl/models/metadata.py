@@ -1,0 +1,111 @@
+"""The architecture that travels with exported weights: a ModelConfig as JSON.
+
+Shapes cannot tell everything (the MLP activation, the number of attention heads), so every
+clipl export records its full ModelConfig: in the safetensors header (key ``clipl_model_config``)
+and, for torch files, in a JSON file beside the weights (``<weights file>.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from clipl.models.config import ModelConfig
+
+METADATA_KEY = "clipl_model_config"
+"""safetensors header / sidecar JSON key holding the ModelConfig."""
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    """A ModelConfig as plain JSON-able data (towers carry their ``arch`` discriminator)."""
+    from clipl.config.io import to_container
+
+    return to_container(cfg)
+
+
+def config_from_dict(data: dict, source: str = "metadata") -> ModelConfig:
+    """The ModelConfig written by :func:`config_to_dict`; a clear error for foreign data."""
+    from clipl.config.io import from_container
+
+    try:
+        return from_container(ModelConfig, dict(data))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{source}: the recorded model config cannot be read by this clipl ({err})") from err
+
+
+def config_to_json(cfg: ModelConfig) -> str:
+    return json.dumps(config_to_dict(cfg), sort_keys=True)
+
+
+def sidecar_path(weights: Path) -> Path:
+    """The JSON file beside a torch weights file that records its architecture."""
+    return weights.with_name(weights.name + ".json")
+
+
+def write_sidecar(weights: Path, cfg: ModelConfig) -> Path:
+    path = sidecar_path(weights)
+    path.write_text(json.dumps({METADATA_KEY: config_to_dict(cfg), "weights": weights.name}, indent=1) + "\n")
+    return path
+
+
+def read_recorded_config(path: Path) -> Optional[ModelConfig]:
+    """The ModelConfig recorded with the weights file ``path`` (header or sidecar), or None."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if METADATA_KEY in meta:
+            return config_from_dict(json.loads(meta[METADATA_KEY]), f"{path} (header {METADATA_KEY})")
+    side = sidecar_path(path)
+    if side.is_file():
+        data = json.loads(side.read_text())
+        if METADATA_KEY in data:
+            return config_from_dict(data[METADATA_KEY], str(side))
+    return None
+
+
+def run_model_config(run_cfg: Any) -> ModelConfig:
+    """The model a training run built from its RunConfig: the objective's bias/temperature included.
+
+    Mirrors CLIPModule.model_config: an objective with a logit bias (SigLIP) gives the model one.
+    """
+    cfg, ocfg = run_cfg.model, run_cfg.objective
+    if getattr(ocfg, "init_logit_bias", None) is not None and cfg.init_logit_bias is None:
+        cfg = dataclasses.replace(cfg, init_logit_scale=ocfg.init_logit_scale, init_logit_bias=ocfg.init_logit_bias)
+    return cfg
+
+
+def architecture_name(cfg: ModelConfig) -> str:
+    """The preset name when ``cfg`` is one (ignoring training-only fields), else ``custom-<hash>``.
+
+    Used as clip_benchmark's ``model`` column: equal architectures get equal names.
+    """
+    from clipl.models.registry import list_presets, preset
+
+    plain = dataclasses.replace(cfg, grad_checkpointing=False, init_logit_scale=ModelConfig.init_logit_scale)
+    for name in list_presets():
+        ref = preset(name)
+        if dataclasses.replace(ref, init_logit_bias=plain.init_logit_bias) == plain:
+            return name
+    text = cfg.text
+    digest = hashlib.sha1(config_to_json(plain).encode()).hexdigest()[:8]
+    return f"custom-{cfg.image.arch}-{getattr(text, 'arch', 'text')}-{digest}"
+
+
+def describe_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """Field paths where two ModelConfigs differ, as "path: a != b" strings."""
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if dataclasses.is_dataclass(x) and dataclasses.is_dataclass(y) and type(x) is type(y):
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name), getattr(y, f.name), f"{path}.{f.name}" if path else f.name)
+        elif x != y:
+            out.append(f"{path}: {x!r} != {y!r}")
+
+    walk(a, b, "")
+    return out
