@@ -152,7 +152,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from clipl.callbacks import build_eval_callbacks
-    from clipl.callbacks.throughput import ThroughputMonitor
+    from clipl.callbacks.throughput import PerfMonitor
     from clipl.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
     from clipl.data.datamodule import CLIPDataModule
     from clipl.module import CLIPModule
@@ -174,7 +174,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
             context_length=cfg.model.text.context_length,
             seed=cfg.seed,
         )
-    callbacks = checkpoint_callbacks(cfg.checkpoint, out_dir) + [ThroughputMonitor()]
+    callbacks = checkpoint_callbacks(cfg.checkpoint, out_dir) + [PerfMonitor.from_config(cfg)]
     callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
     if callable(getattr(module, "callbacks", None)):
         callbacks += list(module.callbacks(cfg))

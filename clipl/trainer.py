@@ -92,6 +92,10 @@ class TrainerConfig:
     """Show Lightning's progress bar."""
     enable_model_summary: bool = True
     """Print the parameter summary at the start of fit."""
+    peak_tflops: Optional[float] = None
+    """Peak dense TFLOP/s of one device at the run's precision, for perf/mfu; None looks the GPU up in
+    clipl's table (A100, H100, H200, L40S, ...; clipl.flops.PEAK_TFLOPS). Set it for any other device,
+    including CPU."""
 
     def __post_init__(self) -> None:
         self.precision = PRECISION_ALIASES.get(str(self.precision).strip(), str(self.precision).strip())
@@ -143,6 +147,8 @@ class TrainerConfig:
                    "None or >= 1")
         _check(self.num_sanity_val_steps >= -1, "num_sanity_val_steps", self.num_sanity_val_steps, ">= -1")
         _check(self.ddp_bucket_cap_mb >= 1, "ddp_bucket_cap_mb", self.ddp_bucket_cap_mb, ">= 1")
+        if self.peak_tflops is not None:
+            _check(self.peak_tflops > 0, "peak_tflops", self.peak_tflops, "None or > 0")
         _check(self.dist_timeout_s >= 1, "dist_timeout_s", self.dist_timeout_s, ">= 1")
         if self.process_group_backend is not None:
             _check(self.process_group_backend in ("nccl", "gloo", "mpi"), "process_group_backend",
