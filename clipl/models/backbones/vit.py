@@ -32,6 +32,9 @@ class ViTConfig:
     """MLP hidden width as a multiple of width."""
     act: str = "quick_gelu"
     """MLP activation: "quick_gelu" (OpenAI's weights) or "gelu"."""
+    patch_dropout: float = 0.0
+    """FLIP: fraction of patch tokens dropped per image in training (a random subset from torch's
+    default generator; the class token is always kept); off in eval mode. 0 = the plain ViT."""
 
 
 class VisionTransformer(nn.Module):
@@ -47,12 +50,18 @@ class VisionTransformer(nn.Module):
         output_dim: int,
         mlp_ratio: float = 4.0,
         act: str = "quick_gelu",
+        patch_dropout: float = 0.0,
     ):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+        if not 0.0 <= patch_dropout < 1.0:
+            raise ValueError(f"image.patch_dropout={patch_dropout} must be in [0, 1): the fraction of patches dropped")
         self.image_size, self.patch_size, self.output_dim = image_size, patch_size, output_dim
         grid = image_size // patch_size
+        self.patch_dropout = patch_dropout
+        # Patches kept per image in training (the epsilon keeps e.g. 10 x (1 - 0.9) from flooring to 0).
+        self.kept_patches = max(1, int(grid * grid * (1.0 - patch_dropout) + 1e-6))
         scale = width**-0.5
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
@@ -68,8 +77,22 @@ class VisionTransformer(nn.Module):
         x = self.conv1(x).flatten(2).transpose(1, 2)  # (B, grid^2, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        if self.patch_dropout and self.training:
+            x = self._drop_patches(x)
         x = self.transformer(self.ln_pre(x))
         return self.ln_post(x[:, 0]) @ self.proj
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep the class token and a random ``kept_patches`` of the patch tokens of each image (FLIP).
+
+        The subset comes from torch's default generator of x's device, so restoring that state (as
+        contrastive accumulation does before recomputing a micro-batch) redraws the same subset. It is
+        drawn outside the transformer blocks, so activation checkpointing never redraws it.
+        """
+        b, n, d = x.shape
+        keep = torch.rand(b, n - 1, device=x.device).topk(self.kept_patches, dim=1, sorted=False).indices + 1
+        patches = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, d))
+        return torch.cat([x[:, :1], patches], dim=1)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
@@ -94,5 +117,6 @@ def build_vit(cfg: ViTConfig, embed_dim: int) -> VisionTransformer:
     """Build a vision transformer tower projecting to ``embed_dim``."""
     heads = resolve_heads(cfg.heads, max(1, cfg.width // 64), cfg.width, field="image.heads")
     return VisionTransformer(
-        cfg.image_size, cfg.patch_size, cfg.width, cfg.layers, heads, embed_dim, cfg.mlp_ratio, cfg.act
+        cfg.image_size, cfg.patch_size, cfg.width, cfg.layers, heads, embed_dim, cfg.mlp_ratio, cfg.act,
+        cfg.patch_dropout,
     )
