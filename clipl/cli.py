@@ -7,7 +7,7 @@
     clipl config RECIPE.py [key=value ...]     print the resolved config
     clipl recipes                              list the shipped recipes
     clipl cp RECIPE NEW.py                     copy a recipe to start your own
-    clipl data inspect|shapes ...              data tools
+    clipl data inspect|pack|example|shapes ... data tools (pack: your images + captions -> shards)
     clipl eval CHECKPOINT ...                  evaluation of a checkpoint
     clipl convert ZERO_DIR OUT ...             DeepSpeed ZeRO checkpoint -> one fp32 checkpoint
 

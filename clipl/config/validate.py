@@ -27,8 +27,8 @@ def _is_remote(path: str) -> bool:
     return path.startswith("pipe:") or ("://" in path and not path.startswith("file://"))
 
 
-def _local_matches(pattern: str) -> tuple[list[str], list[str]]:
-    """(existing, missing) local files of a brace/glob pattern."""
+def _local_matches(pattern: str, shards_only: bool = True) -> tuple[list[str], list[str]]:
+    """(existing, missing) local files of a brace/glob pattern; a folder stands for its .tar files."""
     from braceexpand import braceexpand
 
     found, missing = [], []
@@ -36,6 +36,8 @@ def _local_matches(pattern: str) -> tuple[list[str], list[str]]:
         item = os.path.expanduser(item.removeprefix("file://"))
         if any(c in item for c in "*?["):
             found += glob.glob(item)
+        elif os.path.isdir(item):  # a folder of shards (data sources), or a folder checked by the caller
+            found += glob.glob(os.path.join(item, "*.tar")) or ([item] if not shards_only else [])
         elif os.path.exists(item):
             found.append(item)
         else:

@@ -35,6 +35,8 @@ def expand_pattern(pattern: str, field: str = "data.train") -> list[str]:
             out.append(item)
         elif any(c in item for c in "*?["):
             out += sorted(glob.glob(os.path.expanduser(item)))
+        elif os.path.isdir(os.path.expanduser(item)):  # a folder of shards, e.g. what `clipl data pack` wrote
+            out += sorted(glob.glob(os.path.join(os.path.expanduser(item), "*.tar")))
         else:
             out.append(os.path.expanduser(item))
     local = [u for u in out if not _is_url(u)]

@@ -134,6 +134,8 @@ def test_good_sources_pass(tmp_path):
     assert check_eval_spec(f"mine={tmp_path}/{{00000..00002}}.tar", "eval.zeroshot[0]") == []
     assert check_eval_spec("shapes:colour", "eval.zeroshot[0]") == []
     assert check_eval_spec(f"{tmp_path}/{{00000..00004}}.tar", "x")  # two of five shards missing
+    assert check_data_source(str(tmp_path), "data.train") == []  # a folder of shards
+    assert check_data_source(str(tmp_path / "classes"), "data.train")  # a folder without shards
 
 
 @pytest.mark.parametrize("alias, canonical", [
