@@ -71,9 +71,9 @@ def timed(loader, skip_first: int) -> tuple[float, int]:
 def run_clipl(pattern: str, n: int, workers: int, batch: int) -> float:
     from clipl.tokenizer import get_tokenizer
 
-    cfg = DataConfig(train=pattern, batch_size=batch, num_workers=workers, shuffle_buffer=1000, epoch_size=n,
+    cfg = DataConfig(train=pattern, num_workers=workers, shuffle_buffer=1000, epoch_size=n,
                      pin_memory=False)
-    dm = CLIPDataModule(cfg, image_size=224, context_length=77, tokenizer=get_tokenizer())
+    dm = CLIPDataModule(cfg, image_size=224, context_length=77, tokenizer=get_tokenizer(), batch_size=batch)
     dm.setup()
     secs, imgs = timed(dm.train_dataloader(), max(1, workers))
     return imgs / secs / max(1, workers)

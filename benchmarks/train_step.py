@@ -187,11 +187,11 @@ class TrainerSide:
                 times.append(time.perf_counter())
 
         cfg = TrainerConfig(accelerator="gpu" if device.type == "cuda" else "cpu", devices="1",
-                            precision=self.precision, max_steps=len(batches), enable_progress_bar=False,
-                            enable_model_summary=False, log_every_n_steps=10, num_sanity_val_steps=0)
+                            micro_batch_size=len(batches[0]["key"]), precision=self.precision,
+                            max_steps=len(batches), enable_progress_bar=False, enable_model_summary=False,
+                            log_every_n_steps=10, num_sanity_val_steps=0)
         with tempfile.TemporaryDirectory() as out:
-            trainer = build_trainer(cfg, micro_batch_size=len(batches[0]["key"]), out_dir=out,
-                                    callbacks=[Timer()], loggers=False)
+            trainer = build_trainer(cfg, out_dir=out, callbacks=[Timer()], loggers=False)
             trainer.fit(self.system, train_dataloaders=_Iterable(batches))
         timed = batches[self.warmup:]
         return sum(len(b["key"]) for b in timed) / (times[-1] - times[self.warmup - 1])

@@ -4,7 +4,8 @@
                             [--main-address H] [--main-port P] [--strategy S] [--precision P]
                             [key=value ...]
     clipl run ...            (the same)
-    clipl config RECIPE.py [key=value ...]     print the resolved config
+    clipl config RECIPE.py [--devices N] [--num-nodes M] [...] [key=value ...]
+                                               print the resolved config and its batch plan
     clipl recipes                              list the shipped recipes
     clipl cp RECIPE NEW.py                     copy a recipe to start your own
     clipl data inspect|pack|example|shapes ... data tools (pack: your images + captions -> shards)
@@ -74,12 +75,16 @@ def cmd_run(argv: list[str], prog: str = "clipl run") -> int:
 def cmd_config(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from clipl.run import resolve
+    from clipl.run import resolve, resolve_batch_plan
 
     if not argv:
-        raise ConfigError("usage: clipl config RECIPE.py [key=value ...]")
-    module, cfg = resolve(argv[0], argv[1:])
+        raise ConfigError("usage: clipl config RECIPE.py [--devices N] [--num-nodes M] [key=value ...]")
+    # The run's flags too: the plan depends on the world (devices x nodes) it would run on.
+    recipe, overrides = _split_run_args("clipl config", argv)
+    module, cfg = resolve(recipe, overrides)
+    plan = resolve_batch_plan(cfg)
     print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+    print(f"# {plan.describe()}")  # a YAML comment: the output stays a loadable config
     # The config may be meant for another machine, so what `run` would refuse here is only a warning.
     from clipl.config.validate import config_problems
 

@@ -24,17 +24,19 @@ WARMUP_STEPS = 2_000
 WEIGHT_DECAY = 0.2
 
 
-def paper_config(model: str, lr: float, per_device_batch: int = 256) -> RunConfig:
+def paper_config(model: str, lr: float, micro_batch_size: int = 256) -> RunConfig:
     """The paper's setup for preset ``model`` at peak learning rate ``lr``, on GPUs with ZeRO-2.
 
-    ``per_device_batch`` is the largest micro-batch one GPU holds; the per-device batch and the
-    gradient accumulation are derived from it and the device count so that the global batch holds.
+    ``micro_batch_size`` is what one GPU puts through one forward/backward; each GPU accumulates
+    32,768 / (micro_batch_size x GPUs) micro-batches per step, and with contrastive accumulation the
+    loss still contrasts all 32,768 pairs. The global batch must divide: on more GPUs than
+    32,768 / micro_batch_size, lower trainer.micro_batch_size (`clipl config` says by how much).
     """
     model_cfg = dataclasses.replace(preset(model), grad_checkpointing=True)
     betas, eps = adam_defaults_for(model_cfg.image)  # ViT: 0.9/0.98, 1e-6; ResNet: 0.9/0.999, 1e-8
     return RunConfig(
         model=model_cfg,
-        data=DataConfig(train=MISSING, batch_size=per_device_batch, num_workers=8),
+        data=DataConfig(train=MISSING, num_workers=8),
         optim=OptimConfig(
             lr=lr, weight_decay=WEIGHT_DECAY, betas=betas, eps=eps, warmup_steps=WARMUP_STEPS
         ),
@@ -44,6 +46,7 @@ def paper_config(model: str, lr: float, per_device_batch: int = 256) -> RunConfi
             zero_stage=2,
             precision="bf16-mixed",
             max_epochs=EPOCHS,
+            micro_batch_size=micro_batch_size,
             global_batch_size=GLOBAL_BATCH,
         ),
         logging=LoggingConfig(tags=[model, "paper"]),

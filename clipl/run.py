@@ -2,13 +2,15 @@
 
 A recipe is a Python file with ``config() -> RunConfig`` and, optionally, ``callbacks(cfg) ->
 list[Callback]`` for anything beyond the built-in checkpointing, throughput and evaluation callbacks,
-and ``datamodule(cfg) -> LightningDataModule`` to replace clipl's data pipeline with one of its own.
+and ``datamodule(cfg, plan) -> LightningDataModule`` to replace clipl's data pipeline with one of its
+own (its loader yields ``plan.per_device_batch_size`` samples per rank per optimiser step).
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -16,7 +18,8 @@ from types import ModuleType
 from typing import Any
 
 from clipl.config.io import load_config, save_config, to_container
-from clipl.config.parse import ConfigError, parse
+from clipl.config.parse import ConfigError, parse, removed_keyword_error
+from clipl.distributed.plan import BatchPlan, plan_for
 
 log = logging.getLogger(__name__)
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a job stopped by SIGTERM
@@ -61,9 +64,24 @@ def load_recipe(recipe: str | Path) -> ModuleType:
 def resolve(recipe: str | Path, overrides: list[str] | None = None) -> tuple[ModuleType, Any]:
     """The recipe module and its validated config with ``overrides`` applied."""
     module = load_recipe(recipe)
-    cfg = parse(module.config(), overrides)
+    try:
+        base = module.config()
+    except TypeError as e:
+        removed = removed_keyword_error(e)
+        if removed is None:
+            raise
+        raise ConfigError(f"recipe {recipe_path(recipe)}: {removed}") from None
+    cfg = parse(base, overrides)
     _check_combinations(cfg)
     return module, cfg
+
+
+def resolve_batch_plan(cfg: Any) -> BatchPlan:
+    """The run's batch plan from its trainer config and world; an impossible one is a ConfigError."""
+    try:
+        return plan_for(cfg.trainer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_combinations(cfg: Any) -> None:
@@ -75,19 +93,31 @@ def _check_combinations(cfg: Any) -> None:
         raise ConfigError("checkpoint.every_n_steps must be >= 1")
 
 
-def resolve_batch_config(cfg: Any) -> Any:
-    """With trainer.global_batch_size set, data.batch_size becomes the per-device micro-batch
-    (at most the recipe's data.batch_size) that, with gradient accumulation, makes the global batch."""
-    from clipl.trainer import resolve_batch, world_size
+def build_datamodule(module: ModuleType, cfg: Any, plan: BatchPlan) -> Any:
+    """The run's data: the recipe's own ``datamodule(cfg, plan)``, else clipl's CLIPDataModule, whose
+    training loader yields ``plan.per_device_batch_size`` samples per rank per optimiser step."""
+    from clipl.data.datamodule import CLIPDataModule
 
-    if cfg.trainer.global_batch_size is not None:
-        try:
-            cfg.data.batch_size, _ = resolve_batch(
-                cfg.trainer.global_batch_size, cfg.data.batch_size, world_size(cfg.trainer)
-            )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    return cfg
+    if callable(getattr(module, "datamodule", None)):
+        return _recipe_datamodule(module, cfg, plan)
+    return CLIPDataModule(
+        cfg.data,
+        image_size=cfg.model.image.image_size,
+        context_length=cfg.model.text.context_length,
+        seed=cfg.seed,
+        batch_size=plan.per_device_batch_size,  # one optimiser step's samples on this rank
+        val_batch_size=plan.micro_batch_size,  # validation does not accumulate: one forward's worth
+    )
+
+
+def _recipe_datamodule(module: ModuleType, cfg: Any, plan: BatchPlan) -> Any:
+    params = inspect.signature(module.datamodule).parameters
+    if len(params) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in params.values()):
+        raise ConfigError(
+            f"recipe {module.__file__}: datamodule(cfg) must take (cfg, plan) and yield plan.per_device_batch_size "
+            "samples per rank per step (data.batch_size was removed; see docs/recipes.md)"
+        )
+    return module.datamodule(cfg, plan)
 
 
 def _resume_from(cfg: Any, out_dir: Path) -> str | None:
@@ -144,6 +174,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.config.validate import validate
 
     module, cfg = resolve(recipe, overrides)
+    plan = resolve_batch_plan(cfg)  # once, before anything is built; everything below is handed it
     # Fail fast: data paths, eval sets, devices, precision, checkpoints and out_dir are checked before
     # Lightning or the model are even imported; every problem is reported at once.
     validate(cfg, own_data=callable(getattr(module, "datamodule", None)))
@@ -154,34 +185,31 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.callbacks import build_eval_callbacks
     from clipl.callbacks.throughput import PerfMonitor
     from clipl.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
-    from clipl.data.datamodule import CLIPDataModule
     from clipl.module import CLIPModule
     from clipl.tracking import build_loggers
     from clipl.trainer import build_trainer
 
-    cfg = resolve_batch_config(cfg)
+    if plan.accumulation > 1 and "plan" not in inspect.signature(CLIPModule).parameters:
+        # Until CLIPModule splits batches (issue #14, accum), refuse rather than silently put the whole
+        # per-device batch through one forward.
+        raise ConfigError(f"{plan.describe()}: this CLIPModule cannot accumulate micro-batches yet; set "
+                          "trainer.global_batch_size=null or a trainer.micro_batch_size that makes one micro-batch")
     out_dir = Path(cfg.out_dir)
     ckpt_path = _resume_from(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    system = CLIPModule(cfg)
-    if callable(getattr(module, "datamodule", None)):
-        data = module.datamodule(cfg)
-    else:
-        data = CLIPDataModule(
-            cfg.data,
-            image_size=cfg.model.image.image_size,
-            context_length=cfg.model.text.context_length,
-            seed=cfg.seed,
-        )
+    system = CLIPModule(cfg)  # accum: CLIPModule(cfg, plan=plan) once its constructor takes the plan
+    data = build_datamodule(module, cfg, plan)
     callbacks = checkpoint_callbacks(cfg.checkpoint, out_dir) + [PerfMonitor.from_config(cfg)]
     callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
     if callable(getattr(module, "callbacks", None)):
         callbacks += list(module.callbacks(cfg))
     loggers = build_loggers(cfg.logging, out_dir, to_container(cfg))
+    for logger in loggers:  # next to the config in every backend's hyperparameters (hparams.yaml, W&B)
+        logger.log_hyperparams({"batch_plan": plan.to_dict()})
     trainer = build_trainer(
         cfg.trainer,
-        micro_batch_size=cfg.data.batch_size,
+        plan=plan,
         out_dir=str(out_dir),
         callbacks=callbacks,
         loggers=loggers,
@@ -189,6 +217,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
         plugins=None if cfg.trainer.strategy == "deepspeed" else [AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
+        print(plan.describe(), flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_config(cfg, out_dir)
         if ckpt_path:

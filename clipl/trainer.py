@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from clipl.distributed.deepspeed import DeepSpeedOptions, lightning_deepspeed_config
-from clipl.distributed.world import uses_cuda, accumulation_for, parse_devices, resolve_batch, world_size
+from clipl.distributed.plan import BatchPlan, plan_for
+from clipl.distributed.world import parse_devices, uses_cuda, world_size
 
-__all__ = ["TrainerConfig", "accumulation_for", "apply_model_switches", "build_trainer", "parse_devices",
-           "register_strategy", "resolve_batch", "world_size"]
+__all__ = ["BatchPlan", "TrainerConfig", "apply_model_switches", "build_trainer", "parse_devices", "plan_for",
+           "register_strategy", "world_size"]
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 # Lightning's short precision names -> the one full name a config stores, so `--precision bf16`
@@ -52,10 +53,21 @@ class TrainerConfig:
     """Optimizer steps to train for; -1 = no limit (then max_epochs bounds the run)."""
     max_epochs: Optional[int] = None
     """Epochs to train for; None = no limit besides max_steps (Lightning: 1000 if both unset)."""
+    micro_batch_size: int = 64
+    """Samples one device puts through one forward/backward: what bounds activation memory. The
+    global batch is made of micro-batches (see global_batch_size); `clipl config RECIPE --devices N`
+    prints the resulting batch plan."""
     global_batch_size: Optional[int] = None
-    """Samples per optimizer step over all ranks; if set, per-device batch and accumulation are derived."""
-    accumulate_grad_batches: int = 1
-    """Micro-batches accumulated per optimizer step (ignored in favour of global_batch_size when set)."""
+    """Samples per optimiser step over all ranks; None: micro_batch_size x devices x num_nodes (no
+    accumulation). Otherwise it must be a multiple of micro_batch_size x devices x num_nodes, and each
+    device accumulates global / (micro_batch_size x devices x num_nodes) micro-batches per step."""
+    contrastive_accumulation: bool = True
+    """When a step accumulates several micro-batches per device: true computes the loss over the whole
+    global batch (every pair a negative of every other, as in the CLIP paper) by caching the features
+    of all micro-batches first, at the cost of one extra no-grad forward per micro-batch; false is
+    plain gradient accumulation: each micro-batch's loss contrasts only micro_batch_size x devices x
+    num_nodes pairs and the gradients are averaged (fewer negatives, so a different, weaker objective).
+    Without accumulation both are the same."""
     gradient_clip_val: Optional[float] = None
     """Clip the global gradient norm to this value; None = no clipping."""
     log_every_n_steps: int = 50
@@ -129,14 +141,9 @@ class TrainerConfig:
             )
         _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "-1 or >= 1")
         _check(self.max_epochs is None or self.max_epochs >= 1, "max_epochs", self.max_epochs, "None or >= 1")
+        _check(self.micro_batch_size >= 1, "micro_batch_size", self.micro_batch_size, ">= 1")
         if self.global_batch_size is not None:
             _check(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size, "None or >= 1")
-            if self.accumulate_grad_batches != 1:
-                raise ValueError(
-                    "set either trainer.global_batch_size (accumulation is derived from it) or "
-                    f"trainer.accumulate_grad_batches (got {self.accumulate_grad_batches}), not both"
-                )
-        _check(self.accumulate_grad_batches >= 1, "accumulate_grad_batches", self.accumulate_grad_batches, ">= 1")
         if self.gradient_clip_val is not None:
             _check(self.gradient_clip_val > 0, "gradient_clip_val", self.gradient_clip_val, "None or > 0")
         _check(self.log_every_n_steps >= 1, "log_every_n_steps", self.log_every_n_steps, ">= 1")
@@ -171,15 +178,15 @@ def _fraction_or_count(name: str, value: float) -> Union[int, float]:
     return int(value)
 
 
-# Strategy registry: name -> builder(cfg, micro_batch_size, accumulate) returning a Lightning strategy
-# (or the string Lightning resolves itself).
-_STRATEGIES: dict[str, Callable[[TrainerConfig, int, int], Any]] = {}
+# Strategy registry: name -> builder(cfg, plan) returning a Lightning strategy (or the string Lightning
+# resolves itself).
+_STRATEGIES: dict[str, Callable[[TrainerConfig, BatchPlan], Any]] = {}
 
 
 def register_strategy(name: str) -> Callable:
-    """Register ``builder(cfg, micro_batch_size, accumulate)`` under ``trainer.strategy=name``."""
+    """Register ``builder(cfg, plan)`` under ``trainer.strategy=name`` (plan: the run's BatchPlan)."""
 
-    def deco(fn: Callable[[TrainerConfig, int, int], Any]) -> Callable[[TrainerConfig, int, int], Any]:
+    def deco(fn: Callable[[TrainerConfig, BatchPlan], Any]) -> Callable[[TrainerConfig, BatchPlan], Any]:
         _STRATEGIES[name] = fn
         return fn
 
@@ -187,13 +194,13 @@ def register_strategy(name: str) -> Callable:
 
 
 @register_strategy("auto")
-def _auto_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> Any:
+def _auto_strategy(cfg: TrainerConfig, plan: BatchPlan) -> Any:
     # One process: Lightning's single-device strategy. Several: the same DDP settings as 'ddp'.
-    return _ddp_strategy(cfg, micro_batch_size, accumulate) if world_size(cfg) > 1 else "auto"
+    return _ddp_strategy(cfg, plan) if plan.world_size > 1 else "auto"
 
 
 @register_strategy("ddp")
-def _ddp_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> Any:
+def _ddp_strategy(cfg: TrainerConfig, plan: BatchPlan) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
     return DDPStrategy(
@@ -208,7 +215,7 @@ def _ddp_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) ->
 
 
 @register_strategy("deepspeed")
-def _deepspeed_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> Any:
+def _deepspeed_strategy(cfg: TrainerConfig, plan: BatchPlan) -> Any:
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     from clipl.distributed.compat import patch_deepspeed_scalar_broadcast
@@ -216,7 +223,11 @@ def _deepspeed_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: i
     # CLIP's logit_scale is a 0-dim parameter, which DeepSpeed's weight broadcasts cannot handle.
     patch_deepspeed_scalar_broadcast()
     return DeepSpeedStrategy(
-        config=lightning_deepspeed_config(cfg, micro_batch_size, accumulate),
+        # The engine sees what Lightning feeds it: one loader batch (micro x accumulation samples) per
+        # optimiser step and no accumulation of its own (Lightning sets gradient_accumulation_steps
+        # from accumulate_grad_batches, always 1 here); the CLIPModule splits the batch into
+        # micro-batches itself. So DeepSpeed's train_batch_size is the plan's global batch.
+        config=lightning_deepspeed_config(cfg, plan.per_device_batch_size, 1),
         process_group_backend=cfg.process_group_backend,
         timeout=timedelta(seconds=cfg.dist_timeout_s),
     )
@@ -225,13 +236,17 @@ def _deepspeed_strategy(cfg: TrainerConfig, micro_batch_size: int, accumulate: i
 def build_trainer(
     cfg: TrainerConfig,
     *,
-    micro_batch_size: int,
     out_dir: str,
     callbacks: list,
     loggers: Union[list, bool],
+    plan: Optional[BatchPlan] = None,
     plugins: Optional[list] = None,
 ):
-    """A lightning.Trainer for ``cfg``; ``micro_batch_size`` is the per-device loader batch size."""
+    """A lightning.Trainer for ``cfg`` and the run's batch ``plan`` (None: resolved from ``cfg``).
+
+    The loader yields ``plan.per_device_batch_size`` samples per rank per optimiser step and the
+    CLIPModule splits them into micro-batches, so Lightning never accumulates gradients itself.
+    """
     import lightning as L
 
     cfg.validate()
@@ -242,9 +257,10 @@ def build_trainer(
         )
     if cfg.precision == "16-mixed" and not uses_cuda(cfg):
         raise ValueError("trainer.precision=16-mixed needs a CUDA GPU and none is available; use bf16-mixed")
-    if micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    accumulate = accumulation_for(cfg, micro_batch_size)
+    plan = plan_for(cfg) if plan is None else plan
+    if plan.world_size != world_size(cfg):
+        raise ValueError(f"the batch plan is for {plan.world_size} rank(s) but trainer.devices x trainer.num_nodes "
+                         f"gives {world_size(cfg)}; resolve the plan from this config (clipl.trainer.plan_for)")
     deepspeed = cfg.strategy == "deepspeed"
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -255,11 +271,11 @@ def build_trainer(
         accelerator=cfg.accelerator,
         devices=parse_devices(cfg.devices),
         num_nodes=cfg.num_nodes,
-        strategy=_STRATEGIES[cfg.strategy](cfg, micro_batch_size, accumulate),
+        strategy=_STRATEGIES[cfg.strategy](cfg, plan),
         precision=cfg.precision,
         max_steps=cfg.max_steps,
         max_epochs=cfg.max_epochs,
-        accumulate_grad_batches=accumulate,
+        accumulate_grad_batches=1,  # the CLIPModule accumulates (see build_trainer's docstring)
         # DeepSpeed clips inside its engine (gradient_clipping in its config): Lightning's clipping is a
         # no-op there, so the value is given to DeepSpeed only.
         gradient_clip_val=None if deepspeed else cfg.gradient_clip_val,
@@ -285,7 +301,7 @@ def build_trainer(
         # e.g. torchrun/SLURM launched a different number of processes than devices x num_nodes.
         raise ValueError(
             f"the launcher started {trainer.world_size} process(es) but trainer.devices x trainer.num_nodes "
-            f"gives {expected}; set trainer.devices/num_nodes to match the launcher (global batch maths uses them)"
+            f"gives {expected}; set trainer.devices/num_nodes to match the launcher (the batch plan is made for them)"
         )
     return trainer
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from clipl.config.schema import LoggingConfig, RunConfig
 from clipl.data.shapes_render import caption, render_scene
+from clipl.distributed.plan import BatchPlan
 from clipl.models import ModelConfig, preset, register
 from clipl.objectives import ObjectiveConfig, register_objective
 from clipl.objectives.contrastive import effective_logit_scale
@@ -130,13 +131,14 @@ class RenderedShapes(IterableDataset):
 
 
 class RenderedShapesData(L.LightningDataModule):
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, plan: BatchPlan):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.plan = cfg, plan
 
     def train_dataloader(self):
+        # One batch per optimiser step and rank: the plan's micro-batch x accumulation.
         ds = RenderedShapes(self.cfg.model.image.image_size, self.cfg.model.text.context_length,
-                            self.cfg.data.batch_size, self.cfg.seed)
+                            self.plan.per_device_batch_size, self.cfg.seed)
         return DataLoader(ds, batch_size=None, num_workers=self.cfg.data.num_workers)
 
 
@@ -146,14 +148,15 @@ def config() -> RunConfig:
         model=model,
         objective=SmoothClipConfig(),
         optim=OptimConfig(lr=2e-3, weight_decay=0.1, warmup_steps=20),
-        trainer=TrainerConfig(accelerator="cpu", devices="1", max_steps=300, log_every_n_steps=10),
+        trainer=TrainerConfig(accelerator="cpu", devices="1", micro_batch_size=64, max_steps=300,
+                              log_every_n_steps=10),
         logging=LoggingConfig(backend="csv"),
         out_dir="runs/custom",
     )
-    cfg.data.batch_size, cfg.data.num_workers = 64, 1
+    cfg.data.num_workers = 1
     return cfg
 
 
-def datamodule(cfg: RunConfig) -> L.LightningDataModule:
+def datamodule(cfg: RunConfig, plan: BatchPlan) -> L.LightningDataModule:
     """Replaces clipl's CLIPDataModule (its data.* source fields are then unused)."""
-    return RenderedShapesData(cfg)
+    return RenderedShapesData(cfg, plan)

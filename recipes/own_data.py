@@ -9,7 +9,7 @@ is the class name; a classnames.txt beside the folders overrides the names, in s
 and optionally a templates.txt with one "{}" prompt per line (otherwise OpenAI's 80 ImageNet
 prompts). docs/data.md walks through it end to end. The defaults suit a few thousand images on a CPU;
 for more data swap in a bigger model (model=rn50 or model=vit_b32), raise trainer.max_epochs and
-data.batch_size, and add --accelerator gpu --devices N.
+trainer.micro_batch_size, and add --accelerator gpu --devices N.
 """
 
 from omegaconf import MISSING
@@ -29,9 +29,9 @@ def config() -> RunConfig:
         model=model,
         # data.train is left unset on purpose: the run refuses to start without it (the shards that
         # `clipl data pack` wrote: the folder, or its {00000..N}.tar pattern).
-        data=DataConfig(train=MISSING, batch_size=64, num_workers=2, shuffle_buffer=500),
+        data=DataConfig(train=MISSING, num_workers=2, shuffle_buffer=500),
         optim=OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=20, betas=betas, eps=eps),
-        trainer=TrainerConfig(accelerator="auto", max_epochs=30, log_every_n_steps=5),
+        trainer=TrainerConfig(accelerator="auto", micro_batch_size=64, max_epochs=30, log_every_n_steps=5),
         logging=LoggingConfig(backend="csv"),
         # Evaluation runs when training ends; set the sets on the command line (eval.zeroshot=[DIR]).
         eval=EvalConfig(zeroshot=[], linear_probe=[]),

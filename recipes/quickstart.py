@@ -25,12 +25,12 @@ def config() -> RunConfig:
         # zero-shot shape accuracy at 400 steps rose from 45% (colour in 85% of them) to 65%.
         # 4,000 labelled evaluation scenes per split: half of them train the linear probe, which with
         # only 500 did no better than the zero-shot classifier.
-        data=DataConfig(train="shapes", batch_size=128, num_workers=2, caption_key="json:captions",
+        data=DataConfig(train="shapes", num_workers=2, caption_key="json:captions",
                         shapes=ShapesConfig(caption_colour_prob=0.25, eval_size=4000)),
         optim=OptimConfig(lr=2e-3, weight_decay=0.1, warmup_steps=50),
         # channels_last: the ResNet's convolutions run ~15% faster on CPU.
-        trainer=TrainerConfig(accelerator="cpu", devices="1", max_steps=800, log_every_n_steps=20,
-                              channels_last=True),
+        trainer=TrainerConfig(accelerator="cpu", devices="1", micro_batch_size=128, max_steps=800,
+                              log_every_n_steps=20, channels_last=True),
         logging=LoggingConfig(tags=["quickstart"]),
         checkpoint=CheckpointConfig(every_n_steps=200),
         eval=EvalConfig(zeroshot=["shapes"], linear_probe=["shapes"]),

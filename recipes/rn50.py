@@ -12,4 +12,4 @@ from clipl.paper import paper_config
 
 
 def config():
-    return paper_config("rn50", lr=5e-4, per_device_batch=256)
+    return paper_config("rn50", lr=5e-4, micro_batch_size=256)

@@ -8,14 +8,14 @@ N nodes (the same command on each node, node_rank 0..N-1):
 Under SLURM (srun) or torchrun the launcher's environment is detected; pass --devices/--num-nodes.
 A smoke run on a CPU:
     lightning run recipes/rn50x4.py --accelerator cpu --strategy auto --precision 32-true \
-        data=shapes trainer.global_batch_size=4 data.batch_size=2 trainer.max_steps=2
+        data=shapes trainer.global_batch_size=4 trainer.micro_batch_size=4 trainer.max_steps=2
 """
 
 from clipl.paper import paper_config
 
 
 def config():
-    cfg = paper_config("rn50x4", lr=5e-4, per_device_batch=256)
+    cfg = paper_config("rn50x4", lr=5e-4, micro_batch_size=256)
     # Zero-shot ImageNet during training: point eval.zeroshot at an ImageFolder of the val set, e.g.
     # eval.zeroshot=[/data/imagenet/val] eval.every_n_steps=2000
     return cfg

@@ -11,7 +11,7 @@ from clipl.paper import paper_config
 
 
 def config():
-    cfg = paper_config("vit_b16", lr=5e-4, per_device_batch=256)
+    cfg = paper_config("vit_b16", lr=5e-4, micro_batch_size=256)
     cfg.model.image = dataclasses.replace(cfg.model.image, patch_dropout=0.5)
     cfg.out_dir = "runs/vit_b16_flip"
     return cfg

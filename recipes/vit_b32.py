@@ -12,4 +12,4 @@ from clipl.paper import paper_config
 
 
 def config():
-    return paper_config("vit_b32", lr=5e-4, per_device_batch=512)
+    return paper_config("vit_b32", lr=5e-4, micro_batch_size=512)

@@ -12,4 +12,4 @@ from clipl.paper import paper_config
 
 
 def config():
-    return paper_config("vit_l14", lr=4e-4, per_device_batch=128)
+    return paper_config("vit_l14", lr=4e-4, micro_batch_size=128)

@@ -16,7 +16,7 @@ CLI = [sys.executable, "-m", "clipl.cli"]
 # A tiny run on a small shapes set: 8 steps per epoch (512 samples / batch 64), 3 epochs at most.
 TINY = [
     "data.shapes.train_size=512", "data.shapes.val_size=64", "data.shapes.eval_size=64",
-    "data.shapes.samples_per_shard=64", "data.batch_size=64", "data.num_workers=1",
+    "data.shapes.samples_per_shard=64", "trainer.micro_batch_size=64", "data.num_workers=1",
     "eval.zeroshot=[]", "eval.linear_probe=[]", "eval.retrieval=[]",
     "logging.backend=csv", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false", "checkpoint.every_n_steps=3", "checkpoint.keep_last=-1",
@@ -77,6 +77,8 @@ def losses(out_dir: Path) -> dict[int, float]:
         (["config", "quickstart", "trainer.max_steps=three"], "trainer.max_steps"),
         (["config", "rn50"], "data=shapes"),
         (["run", "quickstart", "--devcies", "2"], "--devcies"),
+        (["config", "quickstart", "data.batch_size=32"], "trainer.micro_batch_size"),
+        (["config", "rn50x4", "data=shapes", "--devices", "256"], "trainer.micro_batch_size that divides 128"),
     ],
 )
 def test_bad_configuration_exits_2_without_traceback(args, needle):
@@ -88,6 +90,36 @@ def test_bad_configuration_exits_2_without_traceback(args, needle):
 def test_config_recipes_and_cp(tmp_path):
     out = cli(["config", "rn50x4", "data=shapes"]).stdout
     assert "global_batch_size: 32768" in out and "arch: modified_resnet" in out
+
+
+@pytest.mark.parametrize(
+    "flags, plan",
+    [
+        (["--devices", "8"], "global 32,768 = 16 micro-batch(es) of 256 per device x 8 rank(s) "
+                             "(contrastive accumulation); contrastive batch 32,768"),
+        (["--devices", "8", "--num-nodes", "8"], "global 32,768 = 2 micro-batch(es) of 256 per device x 64 rank(s)"),
+        (["--devices", "8", "trainer.contrastive_accumulation=false"],
+         "(plain gradient accumulation); contrastive batch 2,048"),
+    ],
+)
+def test_config_prints_the_batch_plan(flags, plan, capsys):
+    from clipl.cli import main
+
+    assert main(["config", "recipes/rn50x4.py", "data=shapes", *flags]) == 0  # in-process: no start-up cost
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith("# batch plan: global ") and plan in out.splitlines()[-1]
+    assert "micro_batch_size: 256" in out and "global_batch_size: 32768" in out
+
+
+def test_impossible_plan_stops_the_run_before_anything_is_built(tmp_path):
+    # 100 is no multiple of micro 64 x 1 rank: exit 2 naming both fields and the nearest valid values,
+    # before the data set is generated, a model is built or the run directory is made.
+    proc = cli(["run", "quickstart", *TINY, "trainer.global_batch_size=100", f"out_dir={tmp_path / 'run'}",
+                f"data.shapes.cache_dir={tmp_path / 'shapes'}"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "trainer.global_batch_size=100" in proc.stderr and "trainer.micro_batch_size=64" in proc.stderr
+    assert "trainer.global_batch_size=64 or 128" in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "shapes").exists()
     listing = cli(["recipes"]).stdout
     for name in ("quickstart", "rn50", "rn50x4", "vit_b32", "vit_l14"):
         assert name in listing
@@ -98,10 +130,29 @@ def test_config_recipes_and_cp(tmp_path):
     assert again.returncode == 2 and "never overwrites" in again.stderr
 
 
+def test_datamodule_yields_the_plans_per_device_batch(tmp_path):
+    from clipl.run import build_datamodule, resolve, resolve_batch_plan
+
+    # 512 training samples, global 128 = 4 micro-batches of 32: one loader batch per optimiser step
+    # holds all 128 (the module splits it); validation batches are one micro-batch.
+    module, cfg = resolve("quickstart", [*TINY, "trainer.global_batch_size=128", "trainer.micro_batch_size=32",
+                                         "data.num_workers=0", "data.val=shapes", f"data.shapes.cache_dir={tmp_path}"])
+    plan = resolve_batch_plan(cfg)
+    assert (plan.accumulation, plan.per_device_batch_size) == (4, 128)
+    data = build_datamodule(module, cfg, plan)
+    data.prepare_data()
+    assert [len(b["key"]) for b in data.train_dataloader()] == [128] * 4
+    assert [len(b["key"]) for b in data.val_dataloader()] == [32, 32]
+    # A recipe's own datamodule(cfg, plan) gets the same plan.
+    module, cfg = resolve("custom", ["trainer.global_batch_size=24", "trainer.micro_batch_size=8", "data.num_workers=0"])
+    plan = resolve_batch_plan(cfg)
+    assert next(iter(build_datamodule(module, cfg, plan).train_dataloader()))["image"].shape[0] == 24
+
+
 @pytest.mark.slow
 def test_rn50x4_recipe_runs_two_steps_on_cpu(tmp_path):
     cli(["run", "rn50x4", "--accelerator", "cpu", "--strategy", "auto", "--precision", "32-true",
-         "data=shapes", "trainer.global_batch_size=4", "data.batch_size=2", "trainer.max_steps=2",
+         "data=shapes", "trainer.global_batch_size=4", "trainer.micro_batch_size=4", "trainer.max_steps=2",
          "trainer.max_epochs=null", f"out_dir={tmp_path}", "data.num_workers=0", *TINY[:4],
          "logging.backend=csv", "trainer.log_every_n_steps=1", "eval.zeroshot=[]", "eval.linear_probe=[]"])
     got = losses(tmp_path)
@@ -160,16 +211,19 @@ def test_truncated_newest_checkpoint_is_skipped(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_kill9_resumes_bit_exact(tmp_path):
     _resume_case(tmp_path, "SIGKILL", at_step=5,
-                 extra=["trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=32"])
+                 extra=["trainer.devices=2", "trainer.strategy=ddp", "trainer.micro_batch_size=32"])
 
 
 def test_wandb_key_never_reaches_the_run_directory(tmp_path):
     sentinel = "sentinel0123456789abcdef0123456789abcdef01"
     args = [*TINY, "logging.backend=wandb", "logging.offline=true", "trainer.max_steps=2",
             "data.num_workers=0", f"out_dir={tmp_path}"]
-    cli(["run", "quickstart", *args], env={"WANDB_API_KEY": sentinel, "WANDB_MODE": "offline"})
+    proc = cli(["run", "quickstart", *args], env={"WANDB_API_KEY": sentinel, "WANDB_MODE": "offline"})
+    assert "batch plan: global 64 = 1 micro-batch(es) of 64 per device x 1 rank(s)" in proc.stdout  # start-up
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any("wandb" in str(p) for p in files)  # W&B did write its offline run
+    # The plan is among the run's logged hyperparameters (W&B's offline run file holds them).
+    assert any(b"contrastive_batch_size" in p.read_bytes() for p in files if p.suffix == ".wandb")
     for p in files:
         assert sentinel.encode() not in p.read_bytes(), p
     assert (tmp_path / "wandb_run_id.txt").is_file() and (tmp_path / "config.yaml").is_file()

@@ -1,4 +1,4 @@
-"""TrainerConfig validation, batch arithmetic and build_trainer on CPU."""
+"""TrainerConfig validation, the batch plan's hand-off to Lightning/DeepSpeed, and build_trainer on CPU."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from clipl.distributed.plan import resolve_plan
 from clipl.trainer import (
+    _STRATEGIES,
     TrainerConfig,
-    accumulation_for,
     apply_model_switches,
     build_trainer,
     parse_devices,
-    resolve_batch,
+    plan_for,
     world_size,
 )
 
@@ -56,7 +57,8 @@ def test_parse_devices_rejects(bad):
         (dict(strategy="deepspeed", zero_stage=2, offload_params=True), "zero_stage=3"),
         (dict(strategy="deepspeed", accelerator="cpu"), "DeepSpeedStrategy"),
         (dict(precision="16-mixed", accelerator="cpu"), "bf16-mixed"),
-        (dict(global_batch_size=64, accumulate_grad_batches=2), "not both"),
+        (dict(micro_batch_size=0), "micro_batch_size"),
+        (dict(global_batch_size=0), "global_batch_size"),
         (dict(gradient_clip_val=0.0), "gradient_clip_val"),
         (dict(val_check_interval=2.5), "val_check_interval"),
         (dict(limit_val_batches=0.0), "limit_val_batches"),
@@ -76,44 +78,30 @@ def test_deepspeed_without_cuda_refused_at_build(tmp_path):
         pytest.skip("has CUDA")
     cfg = TrainerConfig(strategy="deepspeed")
     with pytest.raises(ValueError, match="needs CUDA"):
-        build_trainer(cfg, micro_batch_size=4, out_dir=str(tmp_path), callbacks=[], loggers=False)
+        build_trainer(cfg, out_dir=str(tmp_path), callbacks=[], loggers=False)
 
 
-@pytest.mark.parametrize(
-    "global_batch, per_device_max, ws, expected",
-    [
-        (32768, 256, 128, (256, 1)),
-        (32768, 128, 128, (128, 2)),
-        (1024, 512, 1, (512, 2)),
-        (768, 512, 1, (384, 2)),
-        (1000, 400, 1, (250, 4)),
-        (48, 64, 2, (24, 1)),
-        (4096, 100, 8, (64, 8)),
-    ],
-)
-def test_resolve_batch(global_batch, per_device_max, ws, expected):
-    per_device, accumulate = resolve_batch(global_batch, per_device_max, ws)
-    assert (per_device, accumulate) == expected
-    assert per_device * accumulate * ws == global_batch
-    assert per_device <= per_device_max
-
-
-def test_resolve_batch_errors():
-    with pytest.raises(ValueError, match="not divisible by the world size 3"):
-        resolve_batch(1024, 256, 3)
-    # 257 is prime: only 1 x 257 would fit under 256, which we refuse.
-    with pytest.raises(ValueError, match="multiple of 256"):
-        resolve_batch(257, 256, 1)
-
-
-def test_accumulation_for_and_world_size():
-    cfg = TrainerConfig(accelerator="cpu", devices="1", num_nodes=1, global_batch_size=64)
-    assert world_size(cfg) == 1
-    assert accumulation_for(cfg, 16) == 4
-    with pytest.raises(ValueError, match="not a multiple of micro_batch_size"):
-        accumulation_for(cfg, 24)
-    assert accumulation_for(TrainerConfig(accumulate_grad_batches=3), 16) == 3
+def test_world_size_and_plan_for():
     assert world_size(TrainerConfig(accelerator="cpu", devices="0,1,2", num_nodes=2)) == 6
+    cfg = TrainerConfig(accelerator="cpu", devices="2", num_nodes=2, micro_batch_size=16, global_batch_size=256)
+    plan = plan_for(cfg)
+    assert (plan.world_size, plan.micro_batch_size, plan.accumulation, plan.per_device_batch_size) == (4, 16, 4, 64)
+    assert plan_for(TrainerConfig(accelerator="cpu", devices="2", micro_batch_size=16)).global_batch_size == 32
+    with pytest.raises(ValueError, match=r"trainer\.global_batch_size=100 .*trainer\.micro_batch_size=16"):
+        plan_for(TrainerConfig(accelerator="cpu", devices="2", micro_batch_size=16, global_batch_size=100))
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_engine_sees_one_loader_batch_per_step(stage):
+    # Lightning sets gradient_accumulation_steps from accumulate_grad_batches (1): the engine's micro
+    # batch must then be the whole per-device batch, so its train_batch_size is the global batch.
+    cfg = TrainerConfig(strategy="deepspeed", zero_stage=stage, devices="8", micro_batch_size=32,
+                        global_batch_size=1024)
+    plan = plan_for(cfg)
+    ds = _STRATEGIES["deepspeed"](cfg, plan).config
+    assert "gradient_accumulation_steps" not in ds  # Lightning's to set, from accumulate_grad_batches=1
+    assert ds["train_micro_batch_size_per_gpu"] == plan.per_device_batch_size == 128
+    assert ds["train_micro_batch_size_per_gpu"] * plan.world_size == plan.global_batch_size
 
 
 class _Toy:
@@ -152,17 +140,19 @@ def _loader(n=32, batch=8):
 
 def _fit(tmp_path, **kwargs):
     cfg = TrainerConfig(accelerator="cpu", devices="1", enable_progress_bar=False, enable_model_summary=False,
-                        **kwargs)
-    trainer = build_trainer(cfg, micro_batch_size=8, out_dir=str(tmp_path), callbacks=[], loggers=False)
+                        **{"micro_batch_size": 8, **kwargs})
+    plan = plan_for(cfg)
+    trainer = build_trainer(cfg, plan=plan, out_dir=str(tmp_path), callbacks=[], loggers=False)
     model = _Toy.make()
-    trainer.fit(model, _loader())
+    trainer.fit(model, _loader(batch=plan.per_device_batch_size))
     return trainer, model
 
 
 def test_fit_clipping_and_global_batch(tmp_path):
-    # 32 samples per epoch, global batch 16 = 8 x 2 accumulation -> 2 optimizer steps per epoch.
+    # 32 samples per epoch, global batch 16 = 8 x 2 accumulation: the loader yields 16 per step (the
+    # module splits them), Lightning never accumulates -> 2 optimizer steps per epoch.
     trainer, model = _fit(tmp_path, max_epochs=2, global_batch_size=16, gradient_clip_val=0.5)
-    assert trainer.accumulate_grad_batches == 2
+    assert trainer.accumulate_grad_batches == 1
     assert trainer.global_step == 4
     assert trainer.gradient_clip_val == 0.5 and trainer.default_root_dir == str(tmp_path)
     # Lightning clips after on_before_optimizer_step: the step's effect must equal a clipped update.
@@ -189,10 +179,10 @@ def test_checkpointing_only_from_given_callbacks(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     cfg = TrainerConfig(accelerator="cpu", devices="1")
-    bare = build_trainer(cfg, micro_batch_size=4, out_dir=str(tmp_path), callbacks=[], loggers=False)
+    bare = build_trainer(cfg, out_dir=str(tmp_path), callbacks=[], loggers=False)
     assert bare.checkpoint_callback is None
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ck"))
-    given = build_trainer(cfg, micro_batch_size=4, out_dir=str(tmp_path), callbacks=[ckpt], loggers=False)
+    given = build_trainer(cfg, out_dir=str(tmp_path), callbacks=[ckpt], loggers=False)
     assert given.checkpoint_callbacks == [ckpt]
 
 
@@ -200,7 +190,7 @@ def test_ddp_strategy_settings(tmp_path):
     from lightning.pytorch.strategies import DDPStrategy
 
     cfg = TrainerConfig(accelerator="cpu", devices="1", strategy="ddp", ddp_bucket_cap_mb=50, dist_timeout_s=60)
-    trainer = build_trainer(cfg, micro_batch_size=4, out_dir=str(tmp_path), callbacks=[], loggers=False)
+    trainer = build_trainer(cfg, out_dir=str(tmp_path), callbacks=[], loggers=False)
     strategy = trainer.strategy
     assert isinstance(strategy, DDPStrategy)
     assert strategy._ddp_kwargs == {
@@ -222,10 +212,16 @@ def test_bf16_mixed_on_cpu(tmp_path):
 def test_world_size_mismatch_detected(tmp_path, monkeypatch):
     import clipl.trainer as T
 
-    monkeypatch.setattr(T, "world_size", lambda cfg: 2)
+    monkeypatch.setattr(T, "world_size", lambda cfg: 2)  # as if devices x num_nodes said 2
     cfg = TrainerConfig(accelerator="cpu", devices="1")
     with pytest.raises(ValueError, match="launcher started 1 process"):
-        build_trainer(cfg, micro_batch_size=4, out_dir=str(tmp_path), callbacks=[], loggers=False)
+        build_trainer(cfg, plan=resolve_plan(None, 4, 2), out_dir=str(tmp_path), callbacks=[], loggers=False)
+
+
+def test_plan_for_another_world_refused(tmp_path):
+    cfg = TrainerConfig(accelerator="cpu", devices="1")
+    with pytest.raises(ValueError, match="batch plan is for 4 rank"):
+        build_trainer(cfg, plan=resolve_plan(None, 4, 4), out_dir=str(tmp_path), callbacks=[], loggers=False)
 
 
 def test_apply_model_switches_keeps_keys():

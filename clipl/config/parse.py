@@ -37,6 +37,40 @@ MISSING_HINTS: dict[str, str] = {
 }
 
 
+# Fields that no longer exist -> what replaces them. An override or a recipe still setting one gets this
+# instead of a nearest-key guess (which would point at an unrelated field).
+REMOVED_KEYS: dict[str, str] = {
+    "data.batch_size": "the batch is planned from trainer.micro_batch_size (samples per device per forward) "
+    "and trainer.global_batch_size (samples per optimiser step over all ranks; default micro x devices x nodes)",
+    "trainer.accumulate_grad_batches": "accumulation is derived: set trainer.global_batch_size (a multiple of "
+    "trainer.micro_batch_size x devices x nodes; the quotient is the accumulation)",
+}
+
+
+def _removed(key: str) -> ConfigError:
+    return ConfigError(f"{key} was removed: {REMOVED_KEYS[key]}")
+
+
+def _check_removed_attributes(base: Any) -> None:
+    """A recipe assigning a removed field on a section (cfg.data.batch_size = 64) sets a stray attribute
+    that the structured config would silently drop: refuse it."""
+    for key in REMOVED_KEYS:
+        section, name = key.rsplit(".", 1)
+        obj = base
+        for part in section.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None and name in getattr(obj, "__dict__", {}):
+            raise _removed(key)
+
+
+def removed_keyword_error(e: TypeError) -> ConfigError | None:
+    """The ConfigError for ``SomeConfig(removed_field=...)`` in a recipe, or None for other TypeErrors."""
+    for key in REMOVED_KEYS:
+        if "unexpected keyword argument" in str(e) and f"'{key.rsplit('.', 1)[1]}'" in str(e):
+            return _removed(key)
+    return None
+
+
 def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     if isinstance(node, DictConfig):
@@ -99,6 +133,8 @@ def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
             continue
         key, value = item.split("=", 1)
         key = key.strip()
+        if key in REMOVED_KEYS:
+            raise _removed(key)
         try:
             if key in SHORTCUTS:
                 SHORTCUTS[key](node, value)
@@ -119,6 +155,7 @@ def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
 
 def parse(base: Any, overrides: list[str] | None = None) -> Any:
     """The recipe's dataclass config with ``overrides`` applied, validated, as dataclasses again."""
+    _check_removed_attributes(base)
     node = OmegaConf.structured(base)
     OmegaConf.set_struct(node, True)
     apply_overrides(node, list(overrides or []))

@@ -44,8 +44,6 @@ class DataConfig:
     """Relative share of samples drawn from each "::"-separated train source (resampled mode only)."""
     val: Optional[str] = None
     """Validation data, same forms as `train`; None: no validation loader."""
-    batch_size: int = 64
-    """Samples per batch on each device."""
     num_workers: int = 2
     """DataLoader worker processes per device (0: load in the main process)."""
     shuffle_buffer: int = 1000

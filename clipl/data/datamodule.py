@@ -40,12 +40,19 @@ class _EpochLoader(DataLoader):
 
 
 class CLIPDataModule(L.LightningDataModule):
-    """Image-text batches {image uint8 (B,3,H,W), text (B,L), key, skipped} from `cfg`."""
+    """Image-text batches {image uint8 (B,3,H,W), text (B,L), key, skipped} from `cfg`.
 
-    def __init__(self, cfg: DataConfig, image_size: int, context_length: int, seed: int = 0, tokenizer=None):
+    ``batch_size``: samples one rank's training loader yields per optimiser step, the batch plan's
+    ``per_device_batch_size`` (micro-batch x accumulation; the CLIPModule splits it into micro-batches).
+    ``val_batch_size``: validation batches (the plan's micro-batch; None: ``batch_size``).
+    """
+
+    def __init__(self, cfg: DataConfig, image_size: int, context_length: int, seed: int = 0, tokenizer=None,
+                 *, batch_size: int, val_batch_size: Optional[int] = None):
         super().__init__()
         if cfg.train is None and cfg.val is None:
             raise ValueError("data.train and data.val are both unset; nothing to load")
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.cfg, self.image_size, self.context_length = cfg, image_size, context_length
         self.seed, self.tokenizer = seed, tokenizer
         self.epoch = 0
@@ -77,11 +84,12 @@ class CLIPDataModule(L.LightningDataModule):
         if self.cfg.train and self._train is None:
             srcs = make_sources(self.cfg.train, self.cfg, "train", "data.train")
             self._train = CLIPStream(srcs, self.cfg, self.image_size, self.context_length, True, self.seed,
-                                     self.tokenizer, self.cfg.train_weights, "data.train")
+                                     self.tokenizer, self.cfg.train_weights, "data.train",
+                                     batch_size=self.batch_size)
         if self.cfg.val and self._val is None:
             srcs = make_sources(self.cfg.val, self.cfg, "val", "data.val")
             self._val = CLIPStream(srcs, self.cfg, self.image_size, self.context_length, False, self.seed,
-                                   self.tokenizer, None, "data.val")
+                                   self.tokenizer, None, "data.val", batch_size=self.val_batch_size)
         for ds in (self._train, self._val):
             if ds is not None:
                 ds.world_size, ds.rank = world, rank

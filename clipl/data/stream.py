@@ -61,8 +61,11 @@ class CLIPStream(IterableDataset):
 
     def __init__(self, sources: list, cfg: DataConfig, image_size: int, context_length: int, train: bool,
                  seed: int = 0, tokenizer: Optional[Tokenizer] = None, weights: Optional[list[float]] = None,
-                 field: str = "data.train"):
+                 field: str = "data.train", *, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"{field}: the loader batch size must be >= 1, got {batch_size}")
         self.sources, self.cfg, self.train, self.seed = sources, cfg, train, seed
+        self.batch_size = batch_size  # samples per yielded batch (from the run's batch plan)
         self.image_size, self.context_length, self.tokenizer = image_size, context_length, tokenizer
         self.field = field
         self.shards = [(i, u) for i, s in enumerate(sources) for u in s.shards]
@@ -93,7 +96,7 @@ class CLIPStream(IterableDataset):
 
     def batches_per_worker(self) -> int:
         # floor, so no worker has to repeat samples when shards are equal; at least one batch each.
-        per = self.epoch_size // (self.cfg.batch_size * self.world_size * self.num_workers)
+        per = self.epoch_size // (self.batch_size * self.world_size * self.num_workers)
         return max(1, per)
 
     def __len__(self) -> int:
@@ -101,7 +104,7 @@ class CLIPStream(IterableDataset):
             return self.batches_per_worker() * self.num_workers
         if any(n is None for n in self.sizes):
             raise TypeError("validation length unknown (no shard sizes)")
-        b = self.cfg.batch_size
+        b = self.batch_size
         total = 0
         for w in range(self.num_workers):
             g, G = self.rank * self.num_workers + w, self.world_size * self.num_workers
@@ -224,7 +227,7 @@ class CLIPStream(IterableDataset):
                 continue
             counter.ok()
             images.append(pixels), captions.append(caption), keys.append(key)
-            if len(images) == self.cfg.batch_size:
+            if len(images) == self.batch_size:
                 done += 1
                 yield self._batch(images, captions, keys, counter, {"worker": worker, "cursor": cursor, "batch": done})
                 images, captions, keys = [], [], []
@@ -250,7 +253,7 @@ class CLIPStream(IterableDataset):
                     yield self._batch(*ready, counter, {"worker": worker, "cursor": 0, "batch": n})
                     ready = None
                 images.append(pixels), captions.append(caption), keys.append(key)
-                if len(images) == self.cfg.batch_size:
+                if len(images) == self.batch_size:
                     n += 1
                     ready, images, captions, keys = (images, captions, keys), [], [], []
         if ready is not None:

@@ -13,8 +13,11 @@ micro-batch's loss sees only micro_batch_size x world_size pairs and the gradien
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from clipl.trainer import TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,19 @@ class BatchPlan:
             return self.global_batch_size
         return self.micro_batch_size * self.world_size
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan's fields and derived sizes, for the run's logged hyperparameters."""
+        return {**asdict(self), "per_device_batch_size": self.per_device_batch_size,
+                "contrastive_batch_size": self.contrastive_batch_size}
+
     def describe(self) -> str:
         """One line for the start-up log."""
         mode = "contrastive accumulation" if self.contrastive_accumulation else "plain gradient accumulation"
-        acc = f"{self.accumulation} micro-batch(es) of {self.micro_batch_size} per device"
+        acc = f"{self.accumulation} micro-batch(es) of {self.micro_batch_size:,} per device"
         return (
-            f"batch plan: global {self.global_batch_size} = {acc} x {self.world_size} rank(s)"
+            f"batch plan: global {self.global_batch_size:,} = {acc} x {self.world_size} rank(s)"
             + (f" ({mode})" if self.accumulation > 1 else "")
-            + f"; contrastive batch {self.contrastive_batch_size}"
+            + f"; contrastive batch {self.contrastive_batch_size:,}"
         )
 
 
@@ -95,3 +103,10 @@ def resolve_plan(
         world_size=world_size,
         contrastive_accumulation=contrastive_accumulation,
     )
+
+
+def plan_for(cfg: "TrainerConfig") -> BatchPlan:
+    """The plan of a TrainerConfig: its micro/global batch fields over its world (devices x num_nodes)."""
+    from clipl.distributed.world import world_size
+
+    return resolve_plan(cfg.global_batch_size, cfg.micro_batch_size, world_size(cfg), cfg.contrastive_accumulation)

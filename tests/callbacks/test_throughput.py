@@ -11,7 +11,7 @@ from clipl.run import run
 BATCH, PEAK_TFLOPS = 32, 0.2
 OVERRIDES = [
     "data.shapes.train_size=512", "data.shapes.val_size=64", "data.shapes.eval_size=64",
-    "data.shapes.samples_per_shard=64", f"data.batch_size={BATCH}", "data.num_workers=0",
+    "data.shapes.samples_per_shard=64", f"trainer.micro_batch_size={BATCH}", "data.num_workers=0",
     "eval.zeroshot=[]", "eval.linear_probe=[]", "eval.retrieval=[]", "logging.backend=csv",
     "trainer.log_every_n_steps=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
     "trainer.max_steps=7", "optim.warmup_steps=1", "checkpoint.every_n_steps=100",

@@ -82,3 +82,24 @@ def test_yaml_round_trip(tmp_path):
     back = load_config(tmp_path / "config.yaml")
     assert back == cfg and type(back.model.image) is type(cfg.model.image)
     assert to_container(back) == to_container(cfg)
+
+
+@pytest.mark.parametrize(
+    "key, replacement",
+    [("data.batch_size", "trainer.micro_batch_size"), ("trainer.accumulate_grad_batches", "trainer.global_batch_size")],
+)
+def test_removed_batch_fields_name_their_replacement(key, replacement, tmp_path):
+    with pytest.raises(ConfigError, match=rf"{key} was removed.*{replacement}"):
+        parse(base(), [f"{key}=4"])
+    # An old recipe: the field passed to the section's constructor, or assigned on the section.
+    section, name = key.split(".")
+    cls = {"data": "DataConfig", "trainer": "TrainerConfig"}[section]
+    module = {"data": "clipl.data.config", "trainer": "clipl.trainer"}[section]
+    old = tmp_path / "old.py"
+    for body in (f"RunConfig(model=preset('tiny_vit'), {section}={cls}({name}=4))",
+                 f"RunConfig(model=preset('tiny_vit'))\n    cfg.{section}.{name} = 4\n    return cfg"):
+        first = "cfg = " if "return cfg" in body else "return "
+        old.write_text(f"from clipl.config.schema import RunConfig\nfrom clipl.models import preset\n"
+                       f"from {module} import {cls}\n\n\ndef config():\n    {first}{body}\n")
+        with pytest.raises(ConfigError, match=rf"{key} was removed.*{replacement}"):
+            resolve(old, ["data=shapes"])

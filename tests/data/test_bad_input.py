@@ -52,9 +52,9 @@ def bad_source(tmp_path):
 
 
 def _dm(source, **kw):
-    cfg = DataConfig(train=source, val=source, batch_size=1, num_workers=0, shuffle_buffer=0, epoch_size=GOOD,
+    cfg = DataConfig(train=source, val=source, num_workers=0, shuffle_buffer=0, epoch_size=GOOD,
                      max_image_pixels=MAX_PIXELS, max_skip_rate=1.0, **kw)
-    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer)
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer, batch_size=1)
     dm.setup()
     return dm
 
@@ -91,8 +91,9 @@ def test_inspect_json_reports_counts(bad_source, capsys):
 
 def test_skip_rate_aborts_with_counts(bad_source):
     cfg_kw = dict(max_skip_rate=0.05, skip_check_after=5)
-    dm = CLIPDataModule(DataConfig(train=bad_source, batch_size=1, num_workers=0, shuffle_buffer=0, epoch_size=GOOD,
-                                   max_image_pixels=MAX_PIXELS, **cfg_kw), 16, 8, tokenizer=lambda t, n: None)
+    dm = CLIPDataModule(DataConfig(train=bad_source, num_workers=0, shuffle_buffer=0, epoch_size=GOOD,
+                                   max_image_pixels=MAX_PIXELS, **cfg_kw), 16, 8, tokenizer=lambda t, n: None,
+                        batch_size=1)
     dm.setup()
     with pytest.raises(RuntimeError, match=r"max_skip_rate=5.0%.*not_an_image=1"):
         for _ in dm.train_dataloader():

@@ -27,8 +27,8 @@ class KeyRecorder(L.LightningModule):
 
 
 def _fit(pattern, root, ckpt=None, callbacks=()):
-    cfg = DataConfig(train=pattern, batch_size=4, num_workers=0, shuffle_buffer=8)
-    dm = CLIPDataModule(cfg, image_size=16, context_length=8, seed=3, tokenizer=stand_in_tokenizer)
+    cfg = DataConfig(train=pattern, num_workers=0, shuffle_buffer=8)
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, seed=3, tokenizer=stand_in_tokenizer, batch_size=4)
     model = KeyRecorder()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=root, callbacks=list(callbacks),

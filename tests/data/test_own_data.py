@@ -54,8 +54,8 @@ def test_pack_folder_pairs_skips_bad_ones_with_reasons(tmp_path):
     stats = [json.loads((tmp_path / "shards" / f"{i:05d}_stats.json").read_text()) for i in range(3)]
     assert [s["successes"] for s in stats] == [3, 3, 1] and sum(s["count"] for s in stats) == 11
     # the loader reads the shards' size from the stats files and the folder as "all its shards"
-    dm = CLIPDataModule(DataConfig(train=str(tmp_path / "shards"), batch_size=2, num_workers=0),
-                        image_size=16, context_length=8, tokenizer=stand_in_tokenizer)
+    dm = CLIPDataModule(DataConfig(train=str(tmp_path / "shards"), num_workers=0),
+                        image_size=16, context_length=8, tokenizer=stand_in_tokenizer, batch_size=2)
     dm.setup()
     assert dm._train.epoch_size == 7 and len(dm._train.shards) == 3
     captions = {json.loads(tarfile.open(tmp_path / "shards" / "00000.tar").extractfile(f"{k}.json").read())["caption"]

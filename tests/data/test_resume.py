@@ -26,9 +26,9 @@ def shards(tmp_path):
 
 
 def make(pattern, workers):
-    cfg = DataConfig(train=pattern, batch_size=3, num_workers=workers, shuffle_buffer=10, epoch_size=100,
+    cfg = DataConfig(train=pattern, num_workers=workers, shuffle_buffer=10, epoch_size=100,
                      max_skip_rate=1.0)
-    dm = CLIPDataModule(cfg, image_size=16, context_length=8, seed=7, tokenizer=stand_in_tokenizer)
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, seed=7, tokenizer=stand_in_tokenizer, batch_size=3)
     dm.setup()
     return dm
 

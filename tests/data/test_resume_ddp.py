@@ -21,8 +21,8 @@ def _worker(rank, pattern, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 
     def make():
-        cfg = DataConfig(train=pattern, batch_size=2, num_workers=2, shuffle_buffer=6, max_skip_rate=1.0, epoch_size=56)
-        dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer)
+        cfg = DataConfig(train=pattern, num_workers=2, shuffle_buffer=6, max_skip_rate=1.0, epoch_size=56)
+        dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer, batch_size=2)
         dm.setup()
         return dm
 

@@ -103,9 +103,9 @@ def test_caption_colour_prob_changes_only_the_words(tmp_path, prob):
 def test_shapes_through_the_datamodule(tmp_path, tok):
     from clipl.data.datamodule import CLIPDataModule
 
-    cfg = DataConfig(train="shapes", val="shapes", batch_size=8, num_workers=0,
+    cfg = DataConfig(train="shapes", val="shapes", num_workers=0,
                      shapes=ShapesConfig(**TINY, cache_dir=str(tmp_path)))
-    dm = CLIPDataModule(cfg, image_size=32, context_length=12, tokenizer=tok)
+    dm = CLIPDataModule(cfg, image_size=32, context_length=12, tokenizer=tok, batch_size=8)
     dm.prepare_data()
     dm.setup()
     b = next(iter(dm.train_dataloader()))
@@ -121,9 +121,10 @@ def test_json_captions_pick_one_per_epoch(tmp_path):
     from clipl.data.datamodule import CLIPDataModule
     from clipl.data.shapes import tiny_config
 
-    cfg = DataConfig(train="shapes", caption_key="json:captions", batch_size=64, num_workers=0,
+    cfg = DataConfig(train="shapes", caption_key="json:captions", num_workers=0,
                      shapes=tiny_config(cache_dir=str(tmp_path)))
-    dm = CLIPDataModule(cfg, image_size=32, context_length=12, tokenizer=lambda texts, n: list(texts))
+    dm = CLIPDataModule(cfg, image_size=32, context_length=12, tokenizer=lambda texts, n: list(texts),
+                        batch_size=64)
     dm.setup()
     epochs = [{k: c for b in dm.train_dataloader() for k, c in zip(b["key"], b["text"])} for _ in range(3)]
     ds = ensure_shapes(cfg.shapes)

@@ -29,8 +29,8 @@ def _rows(root, absolute_first=False):
     return rows
 
 
-def _keys_and_skips(cfg):
-    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer)
+def _keys_and_skips(cfg, batch_size=64):
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer, batch_size=batch_size)
     dm.setup()
     keys, skipped = [], Counter()
     for b in dm.val_dataloader():
@@ -48,7 +48,7 @@ def test_table_formats_and_relative_paths(table_dir, fmt):
         df.to_parquet(path)
     else:
         df.to_csv(path, sep="," if fmt == "csv" else "\t", index=False)
-    keys, skipped = _keys_and_skips(DataConfig(val=str(path), batch_size=5, num_workers=0, max_skip_rate=1.0))
+    keys, skipped = _keys_and_skips(DataConfig(val=str(path), num_workers=0, max_skip_rate=1.0), batch_size=5)
     assert keys == [f"row{i:09d}" for i in range(12)]
     assert skipped == {"missing_file": 1, "empty_caption": 1}
 
@@ -62,8 +62,8 @@ def test_custom_columns_separator_and_list_captions(table_dir):
     pq = table_dir / "lists.parquet"
     pd.DataFrame({"filepath": [f"images/{i}.jpg" for i in range(4)],
                   "title": [["first caption", "second caption"]] * 4}).to_parquet(pq)
-    cfg = DataConfig(train=str(pq), batch_size=4, num_workers=0, table_rows_per_shard=1)
-    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=lambda t, n: t)
+    cfg = DataConfig(train=str(pq), num_workers=0, table_rows_per_shard=1)
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=lambda t, n: t, batch_size=4)
     dm.setup()
     captions = [c for _ in range(4) for b in dm.train_dataloader() for c in b["text"]]
     assert set(captions) == {"first caption", "second caption"}
@@ -72,8 +72,8 @@ def test_custom_columns_separator_and_list_captions(table_dir):
 def test_table_splits_into_virtual_shards_for_workers(table_dir):
     path = table_dir / "pairs.csv"
     pd.DataFrame(_rows(table_dir)[:12]).to_csv(path, index=False)
-    cfg = DataConfig(train=str(path), batch_size=2, num_workers=2, table_rows_per_shard=3)
-    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer)
+    cfg = DataConfig(train=str(path), num_workers=2, table_rows_per_shard=3)
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer, batch_size=2)
     dm.setup()
     keys = [k for b in dm.train_dataloader() for k in b["key"]]
     assert sorted(keys) == [f"row{i:09d}" for i in range(12)]

@@ -14,8 +14,8 @@ from datafixtures import stand_in_tokenizer, write_shards
 
 
 def _val_keys(pattern, **kw):
-    cfg = DataConfig(val=pattern, batch_size=4, num_workers=0, **kw)
-    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer)
+    cfg = DataConfig(val=pattern, num_workers=0, **kw)
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, tokenizer=stand_in_tokenizer, batch_size=4)
     dm.setup()
     keys, skipped = [], Counter()
     for b in dm.val_dataloader():

@@ -22,7 +22,7 @@ def test_plain_accumulation_contrasts_one_micro_batch_per_rank():
     assert plan.accumulation == 16
     assert plan.contrastive_batch_size == 2048
     assert "plain gradient accumulation" in plan.describe()
-    assert "contrastive batch 2048" in plan.describe()
+    assert "contrastive batch 2,048" in plan.describe()
 
 
 def test_impossible_plan_names_fields_and_nearest_values():

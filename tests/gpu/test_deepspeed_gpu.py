@@ -39,7 +39,7 @@ def _config(stage: int, out_dir: str):
     from clipl.trainer import TrainerConfig
 
     trainer = TrainerConfig(accelerator="gpu", devices="1", strategy="deepspeed", zero_stage=stage,
-                            precision="bf16-mixed", max_steps=STEPS, gradient_clip_val=1.0,
+                            precision="bf16-mixed", micro_batch_size=BATCH, max_steps=STEPS, gradient_clip_val=1.0,
                             enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
     return RunConfig(model=preset("tiny_vit"), optim=OptimConfig(lr=1e-3, warmup_steps=1), trainer=trainer,
                      out_dir=out_dir)
@@ -59,7 +59,7 @@ def test_lightning_deepspeed_bf16_fit_convert_reload(stage, tmp_path):
     torch.manual_seed(0)
     cfg = _config(stage, str(tmp_path))
     system = CLIPModule(cfg)
-    trainer = build_trainer(cfg.trainer, micro_batch_size=BATCH, out_dir=str(tmp_path), callbacks=[], loggers=False)
+    trainer = build_trainer(cfg.trainer, out_dir=str(tmp_path), callbacks=[], loggers=False)
     data = Synthetic(BATCH * STEPS, cfg.model.image.image_size, cfg.model.text.context_length)
     trainer.fit(system, torch.utils.data.DataLoader(data, batch_size=BATCH))
     assert trainer.global_step == STEPS
@@ -136,7 +136,7 @@ def test_lightning_deepspeed_discards_a_nonfinite_step(stage, tmp_path):
                 snap |= {f"{k}:{i}": torch.as_tensor(v).float().cpu() for k, v in state.items()}
             snapshots.append(snap)
 
-    trainer = build_trainer(cfg.trainer, micro_batch_size=BATCH, out_dir=str(tmp_path), callbacks=[Snapshot()],
+    trainer = build_trainer(cfg.trainer, out_dir=str(tmp_path), callbacks=[Snapshot()],
                             loggers=False)
     data = Synthetic(BATCH * STEPS, cfg.model.image.image_size, cfg.model.text.context_length)
     trainer.fit(system, torch.utils.data.DataLoader(data, batch_size=BATCH))

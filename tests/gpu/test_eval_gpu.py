@@ -53,14 +53,14 @@ def test_eval_callbacks_under_zero3_bf16(tmp_path):
     ev = EvalConfig(zeroshot=["shapes:shape"], retrieval=["shapes"], linear_probe=["shapes:colour"], every_n_steps=2,
                     batch_size=16, num_workers=0)
     trainer_cfg = TrainerConfig(accelerator="gpu", devices="1", strategy="deepspeed", zero_stage=3,
-                                precision="bf16-mixed", max_steps=2, enable_progress_bar=False,
+                                precision="bf16-mixed", micro_batch_size=8, max_steps=2, enable_progress_bar=False,
                                 enable_model_summary=False, log_every_n_steps=1)
     cfg = RunConfig(model=preset("tiny_vit"), optim=OptimConfig(lr=1e-3, warmup_steps=1), trainer=trainer_cfg,
                     data=DataConfig(shapes=shapes), eval=ev, out_dir=str(tmp_path))
     torch.manual_seed(0)
     system = CLIPModule(cfg)
     cbs = build_eval_callbacks(cfg.eval, str(tmp_path), shapes=shapes)
-    trainer = build_trainer(cfg.trainer, micro_batch_size=8, out_dir=str(tmp_path), callbacks=cbs, loggers=False)
+    trainer = build_trainer(cfg.trainer, out_dir=str(tmp_path), callbacks=cbs, loggers=False)
     g = torch.Generator().manual_seed(0)
     data = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g),
              "text": torch.cat([torch.randint(1, 49000, (12,), generator=g), torch.tensor([49407]),
