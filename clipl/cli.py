@@ -11,6 +11,7 @@
     clipl data inspect|pack|example|shapes ... data tools (pack: your images + captions -> shards)
     clipl eval CHECKPOINT ...                  evaluation of a checkpoint
     clipl convert ZERO_DIR OUT ...             DeepSpeed ZeRO checkpoint -> one fp32 checkpoint
+    clipl export SOURCE OUT --format F         weights -> openai file, open_clip or HF folder
 
 A bad configuration exits with code 2 and a one-paragraph message, never a traceback.
 """
@@ -133,6 +134,7 @@ COMMANDS = {
     "data": _delegate("clipl.data.cli"),
     "eval": _delegate("clipl.eval.cli"),
     "convert": _delegate("clipl.distributed.convert"),
+    "export": _delegate("clipl.models.export"),
 }
 
 

@@ -6,6 +6,9 @@ master weights live, partitioned, in the optimizer states; DeepSpeed's public
 ``get_fp32_state_dict_from_zero_checkpoint`` reassembles them without a GPU or a process group.
 
     clipl convert ZERO_DIR OUT.ckpt [--openai OUT.pt] [--tag TAG] [--overwrite]
+
+To hand weights to other tools (open_clip folders, Hugging Face, OpenAI layout) from any source,
+ZeRO folders included, use ``clipl export`` (clipl.models.export).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ PathLike = Union[str, os.PathLike]
 
 def _tag_dir(ckpt_dir: Path, tag: Optional[str]) -> tuple[str, Path]:
     if not ckpt_dir.is_dir():
-        hint = " (a regular .ckpt file needs no conversion)" if ckpt_dir.is_file() else ""
+        hint = (" (a regular .ckpt file needs no conversion; to hand weights to open_clip, transformers or "
+                "OpenAI's layout use `clipl export SOURCE OUT --format openai|open_clip|hf`)") if ckpt_dir.is_file() else ""
         raise FileNotFoundError(f"ZeRO checkpoint directory {str(ckpt_dir)!r} does not exist or is not a directory{hint}")
     if tag is None:
         latest = ckpt_dir / "latest"
@@ -71,7 +75,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _save_new(obj: Any, out: Path, overwrite: bool) -> Path:
+def _save_new(obj: Any, out: Path, overwrite: bool, metadata: Optional[dict] = None) -> Path:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{str(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +86,7 @@ def _save_new(obj: Any, out: Path, overwrite: bool) -> Path:
         if out.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+            save_file({k: v.contiguous() for k, v in obj.items()}, tmp, metadata=metadata)
         else:
             torch.save(obj, tmp)
         os.replace(tmp, out)
@@ -171,10 +175,24 @@ def export_openai(
     ``.safetensors`` paths are written as safetensors, anything else with torch.save; ``half`` stores
     floating tensors in fp16 as OpenAI released them.
     """
+    if not isinstance(ckpt, Mapping):
+        ckpt = torch.load(Path(ckpt), map_location="cpu", weights_only=True)
     sd = openai_state_dict(ckpt, prefix)
     if half:
         sd = {k: v.half() if torch.is_floating_point(v) else v for k, v in sd.items()}
-    return _save_new(sd, Path(path), overwrite)
+    cfg = None
+    if isinstance(ckpt.get("hyper_parameters"), Mapping) and "config" in ckpt["hyper_parameters"]:
+        from clipl.models.sources import checkpoint_config
+
+        cfg = checkpoint_config(ckpt["hyper_parameters"], str(path))[0]
+    # The architecture travels with the weights (clipl.models.metadata): header or <file>.json.
+    from clipl.models.metadata import METADATA_KEY, config_to_json, write_sidecar
+
+    meta = {"format": "pt", METADATA_KEY: config_to_json(cfg)} if cfg is not None else None
+    out = _save_new(sd, Path(path), overwrite, metadata=meta)
+    if cfg is not None and out.suffix != ".safetensors":
+        write_sidecar(out, cfg)
+    return out
 
 
 def main(argv: Optional[list[str]] = None) -> int:

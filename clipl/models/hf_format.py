@@ -206,11 +206,15 @@ def write_tokenizer(out: Path, context_length: int) -> None:
     from clipl.tokenizer import get_tokenizer
 
     tok = get_tokenizer()
-    (out / "vocab.json").write_text(json.dumps(tok.encoder, ensure_ascii=False))
+    # Same ids; the special tokens under the names transformers' CLIP tokenizer expects.
+    names = {tok.decoder[tok.sot_token_id]: "<|startoftext|>", tok.decoder[tok.eot_token_id]: "<|endoftext|>"}
+    vocab = {names.get(t, t): i for t, i in tok.encoder.items()}
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     merges = sorted(tok.ranks, key=tok.ranks.get)
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
-    # pad "!" (id 0): clipl and OpenAI pad token rows with zeros, HF's default pads with <|endoftext|>.
-    hf_tok = CLIPTokenizerFast.from_pretrained(str(out), pad_token="!", model_max_length=context_length)
+    # Padding stays transformers' default (<|endoftext|>, where clipl pads with id 0): CLIPModel pools
+    # at the first end-of-text token under a causal mask, so what follows it never changes a feature.
+    hf_tok = CLIPTokenizerFast.from_pretrained(str(out), model_max_length=context_length)
     hf_tok.save_pretrained(str(out))
 
 

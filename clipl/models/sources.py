@@ -79,7 +79,7 @@ def unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _checkpoint_config(hp: dict, source: str) -> tuple[ModelConfig, Any]:
+def checkpoint_config(hp: dict, source: str) -> tuple[ModelConfig, Any]:
     """(model config, RunConfig or None) from a clipl checkpoint's hyper_parameters."""
     from clipl.config.io import from_container
 
@@ -116,7 +116,7 @@ def _read_torch_file(path: Path, trust_torchscript: bool) -> Source:
             f"tensors ({err}). Re-save its state_dict() with torch.save or safetensors."
         ) from err
     if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict) and "config" in obj["hyper_parameters"]:
-        cfg, run_cfg = _checkpoint_config(obj["hyper_parameters"], str(path))
+        cfg, run_cfg = checkpoint_config(obj["hyper_parameters"], str(path))
         sd = unwrap(obj, str(path))
         return Source(sd, cfg, "clipl_checkpoint", path, obj.get("global_step"), run_cfg)
     return Source(unwrap(obj, str(path)), read_recorded_config(path), "torch", path)

@@ -14,6 +14,7 @@ architectures its shapes fit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -156,20 +157,26 @@ def shape_candidates(sd: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
     key = _shape_key(infer_model_config(sd))
     out = [(f"preset={n!r}", f"clipl preset, {_act_name(preset(n))}") for n in list_presets()
            if _shape_key(preset(n)) == key]
+    out += [(f"model={n!r}", f"open_clip, {_act_name(cfg)}") for n, cfg in _open_clip_configs() if _shape_key(cfg) == key]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _open_clip_configs() -> tuple[tuple[str, ModelConfig], ...]:
+    """(name, ModelConfig) of every open_clip model clipl's towers can express; empty without open_clip."""
     try:
         import open_clip
 
         from clipl.models.open_clip_format import from_open_clip_cfg
     except ImportError:
-        return out
+        return ()
+    found = []
     for name in open_clip.list_models():
         try:
-            cfg = from_open_clip_cfg(open_clip.get_model_config(name), name)
+            found.append((name, from_open_clip_cfg(open_clip.get_model_config(name), name)))
         except (ValueError, KeyError, TypeError):
             continue
-        if _shape_key(cfg) == key:
-            out.append((f"model={name!r}", f"open_clip, {_act_name(cfg)}"))
-    return out
+    return tuple(found)
 
 
 def _refuse_bare(src: Source) -> None:

@@ -123,7 +123,7 @@ def test_bad_inputs_name_the_path(fp32_run, tmp_path):
         convert_zero_checkpoint(tmp_path / "empty", tmp_path / "o.ckpt")
     regular = tmp_path / "regular.ckpt"
     torch.save({"state_dict": {}}, regular)
-    with pytest.raises(FileNotFoundError, match="needs no conversion"):
+    with pytest.raises(FileNotFoundError, match="needs no conversion.*clipl export"):
         convert_zero_checkpoint(regular, tmp_path / "o.ckpt")
     with pytest.raises(FileNotFoundError, match="incomplete"):
         convert_zero_checkpoint(fp32_run / "zero2", tmp_path / "o.ckpt", tag="global_step99")
