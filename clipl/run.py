@@ -91,6 +91,8 @@ def _check_combinations(cfg: Any) -> None:
         raise ConfigError(str(e)) from None
     if cfg.checkpoint.every_n_steps < 1:
         raise ConfigError("checkpoint.every_n_steps must be >= 1")
+    if cfg.checkpoint.keep_last == 0 or cfg.checkpoint.keep_last < -1:
+        raise ConfigError(f"checkpoint.keep_last must be -1 (keep all) or >= 1, got {cfg.checkpoint.keep_last}")
 
 
 def build_datamodule(module: ModuleType, cfg: Any, plan: BatchPlan) -> Any:
@@ -184,7 +186,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
 
     from clipl.callbacks import build_eval_callbacks
     from clipl.callbacks.throughput import PerfMonitor
-    from clipl.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
+    from clipl.checkpointing import checkpoint_callbacks, checkpoint_io
     from clipl.module import CLIPModule
     from clipl.tracking import build_loggers
     from clipl.trainer import build_trainer
@@ -200,7 +202,9 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
 
     system = CLIPModule(cfg)  # accum: CLIPModule(cfg, plan=plan) once its constructor takes the plan
     data = build_datamodule(module, cfg, plan)
-    callbacks = checkpoint_callbacks(cfg.checkpoint, out_dir) + [PerfMonitor.from_config(cfg)]
+    saving = checkpoint_callbacks(cfg.checkpoint, out_dir)
+    io = checkpoint_io(cfg.checkpoint, out_dir, saving, deepspeed=cfg.trainer.strategy == "deepspeed")
+    callbacks = saving + [PerfMonitor.from_config(cfg)]
     callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
     if callable(getattr(module, "callbacks", None)):
         callbacks += list(module.callbacks(cfg))
@@ -214,7 +218,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
         callbacks=callbacks,
         loggers=loggers,
         # DeepSpeed writes its own checkpoint folders; everything else goes through atomic renames.
-        plugins=None if cfg.trainer.strategy == "deepspeed" else [AtomicCheckpointIO()],
+        plugins=None if io is None else [io],
     )
     if trainer.is_global_zero:
         print(plan.describe(), flush=True)
@@ -226,4 +230,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
     except SIGTERMException:
         return SIGTERM_EXIT
+    finally:
+        if hasattr(io, "wait"):
+            io.wait()  # every checkpoint write is on disk before the process exits (Lightning waits too)
     return SIGTERM_EXIT if trainer.received_sigterm else 0

@@ -46,20 +46,28 @@ class CheckpointConfig:
     """Checkpoints in <out_dir>/checkpoints and how runs resume from them."""
 
     every_n_steps: int = 1000
-    """Save a checkpoint every N optimiser steps (and always at the end of the run)."""
-    keep_last: int = 3
-    """How many step checkpoints to keep (older ones are deleted); -1 keeps all."""
+    """Save a checkpoint (step=*.ckpt) every N optimiser steps, and at the end of the run."""
+    keep_last: int = 2
+    """Retention, over every kind of checkpoint (step, epoch-end, time, pre-emption, Lightning's
+    SLURM hpc_ckpt_*): after each save only the newest ``keep_last`` are kept (two of the same step
+    count once) and older ones are deleted; best-*.ckpt are kept by ``top_k`` instead. The folder so
+    holds at most keep_last + top_k checkpoints plus ``last.ckpt``, a link to the newest. -1 keeps all."""
     save_on_epoch_end: bool = True
-    """Also save a checkpoint at the end of each epoch."""
+    """Also save a checkpoint (epoch=*-step=*.ckpt) at the end of each epoch (subject to ``keep_last``)."""
     every_minutes: Optional[float] = None
-    """Also save a checkpoint every this many minutes of training (time-*.ckpt); None: off."""
+    """Also save a checkpoint every this many minutes of training (time-*.ckpt, subject to
+    ``keep_last``); None: off."""
     monitor: Optional[str] = None
     """A logged metric (e.g. val/zeroshot/imagenet/top1) whose best ``top_k`` checkpoints are kept
     as best-*.ckpt; None: off."""
     monitor_mode: str = "max"
     """'max' or 'min': which values of ``monitor`` are best."""
     top_k: int = 1
-    """How many best-by-``monitor`` checkpoints to keep."""
+    """How many best-by-``monitor`` checkpoints to keep (on top of ``keep_last``)."""
+    async_save: bool = True
+    """Write checkpoints in a background thread (the weights are copied first, so training goes on
+    while the file is written); every write is finished before the run exits. Not used under
+    DeepSpeed, which writes its own checkpoint folders synchronously."""
     allow_config_change: bool = False
     """Resume even when the model or objective config differs from the run directory's config.yaml
     (other sections, such as trainer.max_steps or logging, may always change)."""

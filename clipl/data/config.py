@@ -63,7 +63,12 @@ class DataConfig:
     separator: Optional[str] = None
     """Table sources: field delimiter; None: "," for .csv, tab for .tsv."""
     table_rows_per_shard: int = 1000
-    """Table sources: rows per virtual shard (the unit split across ranks and workers)."""
+    """Table sources: at most this many rows per virtual shard. A table is cut into equal shards
+    (sizes differ by at most one row), as many as the smallest multiple of ranks x workers that
+    respects this bound, so every worker reads the same number of rows."""
+    open_shards: int = 8
+    """Shards each worker reads at once, interleaved sample by sample in proportion to their sizes,
+    so a batch mixes shards as the data set does (memory: one open file or `pipe:` process each)."""
     max_skip_rate: float = 0.05
     """Abort when more than this fraction of a worker's samples are bad (checked after `skip_check_after`)."""
     skip_check_after: int = 200

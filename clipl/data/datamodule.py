@@ -81,13 +81,14 @@ class CLIPDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         world, rank = self._world()
+        readers = world * max(1, self.cfg.num_workers)
         if self.cfg.train and self._train is None:
-            srcs = make_sources(self.cfg.train, self.cfg, "train", "data.train")
+            srcs = make_sources(self.cfg.train, self.cfg, "train", "data.train", readers)
             self._train = CLIPStream(srcs, self.cfg, self.image_size, self.context_length, True, self.seed,
                                      self.tokenizer, self.cfg.train_weights, "data.train",
                                      batch_size=self.batch_size)
         if self.cfg.val and self._val is None:
-            srcs = make_sources(self.cfg.val, self.cfg, "val", "data.val")
+            srcs = make_sources(self.cfg.val, self.cfg, "val", "data.val", readers)
             self._val = CLIPStream(srcs, self.cfg, self.image_size, self.context_length, False, self.seed,
                                    self.tokenizer, None, "data.val", batch_size=self.val_batch_size)
         for ds in (self._train, self._val):

@@ -13,8 +13,10 @@ SHAPES = "shapes"
 """The literal that selects the built-in captioned-shapes set."""
 
 
-def make_sources(spec: str, cfg: DataConfig, split: str = "train", field: str = "data.train") -> list[Source]:
-    """One source per "::"-separated part of `spec`; `split` picks the shapes split ("train"/"val"/eval name)."""
+def make_sources(spec: str, cfg: DataConfig, split: str = "train", field: str = "data.train",
+                 readers: int = 1) -> list[Source]:
+    """One source per "::"-separated part of `spec`; `split` picks the shapes split ("train"/"val"/eval name);
+    `readers` (ranks x workers) sets how tables are cut into equal shards."""
     if not spec or not spec.strip():
         raise ValueError(f"{field} is empty; give shard pattern(s), a table file or 'shapes'")
     out: list[Source] = []
@@ -28,7 +30,7 @@ def make_sources(spec: str, cfg: DataConfig, split: str = "train", field: str = 
             out.append(WebDatasetSource(pattern, cfg.image_key, cfg.caption_key, field))
         elif is_table(part):
             out.append(TableSource(part, cfg.img_column, cfg.caption_column, cfg.separator,
-                                   cfg.table_rows_per_shard, field))
+                                   cfg.table_rows_per_shard, field, readers))
         else:
             out.append(WebDatasetSource(part, cfg.image_key, cfg.caption_key, field))
     return out

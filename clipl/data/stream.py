@@ -1,9 +1,12 @@
 """The per-worker sample stream: shard plan, shuffle buffer, decode, batching, exact resume.
 
 Every worker's stream is a pure function of (seed, epoch, rank, worker): shards are permuted with
-an RNG seeded by (seed, epoch), dealt to the world's workers round-robin, read sequentially, mixed in
-a seeded shuffle buffer, and cut into a fixed number of batches per worker (so every rank yields the
-same number). Per-sample randomness (crop, caption choice) is seeded by the sample's key, so it does
+an RNG seeded by (seed, epoch) and dealt to the world's workers (largest first to the worker with the
+fewest samples when the sizes are known, so workers get equal shares; round-robin otherwise), read
+interleaved (each next sample from one of `data.open_shards` open shards, with probability in
+proportion to the samples it has left, so a batch mixes a worker's shards as the data set does), mixed
+in a seeded shuffle buffer, and cut into a fixed number of batches per worker (so every rank yields
+the same number). With fewer shards than workers, each shard is split into parts (every k-th sample). Per-sample randomness (crop, caption choice) is seeded by the sample's key, so it does
 not depend on where in the stream the sample lands.
 
 Resume: each batch carries `_loader` = {worker, cursor, batch}; `cursor` counts raw samples the
@@ -27,7 +30,8 @@ from clipl.data.skip import BadSample, SkipCounter
 from clipl.data.transforms import decode_image
 
 Tokenizer = Callable[[list, int], torch.Tensor]
-_SHUFFLE_STREAM, _RESAMPLE_STREAM, _PLAN_STREAM = 1, 2, 3  # distinct RNG streams per purpose
+_SHUFFLE_STREAM, _RESAMPLE_STREAM, _PLAN_STREAM, _MIX_STREAM = 1, 2, 3, 4  # distinct RNG streams per purpose
+Unit = tuple[int, int, int]  # (shard index, part, parts): every `parts`-th sample of a shard from `part`
 
 
 @dataclass
@@ -112,12 +116,40 @@ class CLIPStream(IterableDataset):
         return total
 
     def check_shards(self) -> None:
-        """Without resampling every worker of every rank needs at least one shard of its own."""
+        """Without resampling every worker of every rank needs samples of its own (shards are split into
+        parts when there are fewer than readers, but a part cannot be smaller than one sample)."""
         need = self.world_size * self.num_workers
-        if self.train and not self.cfg.resampled and len(self.shards) < need:
+        known = None if any(n is None for n in self.sizes) else sum(self.sizes)
+        if self.train and not self.cfg.resampled and known is not None and known < need:
             raise ValueError(
-                f"{self.field}: {len(self.shards)} shards for {self.world_size} ranks x {self.num_workers} "
-                f"workers = {need} readers; use more shards, fewer data.num_workers, or data.resampled=true")
+                f"{self.field}: {known} samples for {self.world_size} ranks x data.num_workers={self.num_workers} "
+                f"= {need} readers; use fewer data.num_workers, or data.resampled=true")
+
+    def _units(self) -> list[Unit]:
+        """What is dealt to the readers: whole shards, or each shard cut into k parts when there are
+        fewer shards than readers (every reader then reads the shard and keeps every k-th sample)."""
+        readers, n = self.world_size * self.num_workers, len(self.shards)
+        # k parts per shard so that n * k is a multiple of the readers: every reader gets as many parts.
+        k = 1 if n >= readers else readers // math.gcd(n, readers)
+        return [(j, p, k) for j in range(n) for p in range(k)]
+
+    def _unit_size(self, unit: Unit) -> Optional[int]:
+        j, p, k = unit
+        return None if self.sizes[j] is None else len(range(p, self.sizes[j], k))
+
+    def _deal(self, units: list[Unit], order: np.ndarray, readers: int) -> list[list[Unit]]:
+        """Units per reader, in `order`: largest first to the reader with the fewest samples so far when
+        every size is known (equal shares however uneven the shards), round-robin otherwise."""
+        sizes = [self._unit_size(units[i]) for i in order]
+        if any(n is None for n in sizes):
+            return [[units[int(i)] for i in order[g::readers]] for g in range(readers)]
+        dealt: list[list[Unit]] = [[] for _ in range(readers)]
+        load = np.zeros(readers, np.int64)
+        for rank_in_order in np.argsort(-np.asarray(sizes), kind="stable"):  # ties keep the random order
+            g = int(np.argmin(load))
+            dealt[g].append(units[int(order[rank_in_order])])
+            load[g] += sizes[rank_in_order]
+        return dealt
 
     # ------------------------------------------------------------------ raw streams
     def _rng(self, *stream: int) -> np.random.Generator:
@@ -127,6 +159,33 @@ class CLIPStream(IterableDataset):
         si, url = self.shards[shard_index]
         for key, members in self.sources[si].iter_shard(url, counter):
             yield si, key, members
+
+    def _read_unit(self, unit: Unit, counter: SkipCounter) -> Iterator:
+        j, p, k = unit
+        items = self._read(j, counter)
+        return items if k == 1 else (item for i, item in enumerate(items) if i % k == p)
+
+    def _interleave(self, units: list[Unit], counter: SkipCounter, rng: np.random.Generator) -> Iterator:
+        """The samples of `units`, each next one drawn from one of at most `data.open_shards` open units
+        with probability in proportion to the samples it has left (equal odds when sizes are unknown):
+        a run of samples mixes the shards as the whole set does, not one shard after another."""
+        pending, live = list(units), []  # live: [iterator, samples left (or None)]
+        while pending or live:
+            while pending and len(live) < max(1, self.cfg.open_shards):
+                unit = pending.pop(0)
+                live.append([self._read_unit(unit, counter), self._unit_size(unit)])
+            known = all(left is not None for _, left in live)
+            weights = np.array([max(left, 1) if known else 1 for _, left in live], np.float64)
+            pick = int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum(), side="right"))
+            pick = min(pick, len(live) - 1)
+            try:
+                item = next(live[pick][0])
+            except StopIteration:
+                live.pop(pick)
+                continue
+            if live[pick][1] is not None:
+                live[pick][1] -= 1
+            yield item
 
     def _train_passes(self, worker: int, counter: SkipCounter) -> Iterator[Iterator]:
         """Endless sequence of passes over one worker's shards (one pass each, freshly permuted).
@@ -138,21 +197,22 @@ class CLIPStream(IterableDataset):
         if self.cfg.resampled:
             yield self._resampled_raw(g, counter)
             return
+        units = self._units()
         for pass_index in range(1_000_000):
-            order = self._rng(_PLAN_STREAM, pass_index).permutation(len(self.shards))
-            mine = [int(j) for j in order[g::G]]
+            order = self._rng(_PLAN_STREAM, pass_index).permutation(len(units))
+            mine = self._deal(units, order, G)[g]
+            mix = self._rng(_MIX_STREAM, pass_index, g)
             got = []
 
             def one_pass():
-                for j in mine:
-                    for item in self._read(j, counter):
-                        got.append(True)
-                        yield item
+                for item in self._interleave(mine, counter, mix):
+                    got.append(True)
+                    yield item
 
             yield one_pass()
             if not got:
                 raise RuntimeError(f"{self.field}: worker {g} read no samples from its shards "
-                                   f"{[self.shards[j][1] for j in mine]} (all missing or unreadable)")
+                                   f"{[self.shards[j][1] for j, _, _ in mine]} (all missing or unreadable)")
 
     def _resampled_raw(self, g: int, counter: SkipCounter) -> Iterator:
         per_source = np.array([len(s.shards) for s in self.sources], np.float64)

@@ -1,7 +1,9 @@
 """Tables of image paths and captions (CSV/TSV/parquet) as a source.
 
-Rows are grouped into virtual shards of `rows_per_shard`, so tables go through the same shard
-shuffling, rank/worker splitting and resume logic as tar shards. Image files are read only after the
+Rows are cut into equal virtual shards (sizes differ by at most one row), a multiple of the number
+of readers (ranks x workers) of at most `rows_per_shard` rows each, so tables go through the same
+shard shuffling, rank/worker splitting and resume logic as tar shards and every reader gets the same
+number of rows, whatever the table's length. Image files are read only after the
 shuffle buffer, so replaying a stream on resume touches no image files.
 """
 
@@ -48,17 +50,22 @@ class TableSource:
     """Rows of (image path, caption); relative paths resolve against the table's folder."""
 
     def __init__(self, path: str, img_column: str = "filepath", caption_column: str = "title",
-                 separator: Optional[str] = None, rows_per_shard: int = 1000, field: str = "data.train"):
+                 separator: Optional[str] = None, rows_per_shard: int = 1000, field: str = "data.train",
+                 readers: int = 1):
         self.pattern = path
         self.root = Path(path).expanduser().parent
         self.paths, self.captions = read_table(path, img_column, caption_column, separator, field)
         n = len(self.paths)
         if n == 0:
             raise ValueError(f"{field}: table {path!r} has no rows")
-        starts = range(0, n, rows_per_shard)
-        self.shards = [f"{path}#rows={s}:{min(s + rows_per_shard, n)}" for s in starts]
-        self._ranges = {u: (s, min(s + rows_per_shard, n)) for u, s in zip(self.shards, starts)}
-        self.sizes = [b - a for a, b in self._ranges.values()]
+        if rows_per_shard < 1:
+            raise ValueError(f"data.table_rows_per_shard must be >= 1, got {rows_per_shard}")
+        readers = max(1, readers)
+        count = min(n, readers * -(-n // (readers * rows_per_shard)))
+        bounds = [n * i // count for i in range(count + 1)]
+        self.shards = [f"{path}#rows={a}:{b}" for a, b in zip(bounds, bounds[1:])]
+        self._ranges = {u: (a, b) for u, a, b in zip(self.shards, bounds, bounds[1:])}
+        self.sizes = [b - a for a, b in zip(bounds, bounds[1:])]
 
     def iter_shard(self, shard: str, counter: Optional[SkipCounter] = None) -> Iterator[Raw]:
         a, b = self._ranges[shard]

@@ -60,14 +60,30 @@ def test_shard_order_is_a_function_of_seed_and_epoch(tmp_path):
     assert epoch_keys(make_dm(cfg, seed=2, batch_size=5)) != e0a
 
 
-def test_fewer_shards_than_readers_aborts_unless_resampled(tmp_path):
+def test_fewer_shards_than_readers_are_split_not_refused(tmp_path):
     pattern = write_shards(tmp_path, [10] * 3)
     cfg = DataConfig(train=pattern, num_workers=2)
-    with pytest.raises(ValueError, match=r"3 shards for 2 ranks x 2 workers = 4 readers.*resampled=true"):
-        make_dm(cfg, 2, 0, batch_size=2)
+    # 3 shards for 2 ranks x 2 workers: each shard is read in 4 parts (every 4th sample), 3 per reader.
+    # 30 samples // (2 per batch * 2 ranks * 2 workers) = 3 batches per worker: 12 samples per rank.
+    per_rank = [sum(epoch_keys(make_dm(cfg, 2, r, batch_size=2)), []) for r in range(2)]
+    everything = per_rank[0] + per_rank[1]
+    assert [len(k) for k in per_rank] == [12, 12] and len(set(everything)) == 24  # no sample twice
     cfg.resampled = True
-    # 30 samples // (2 per batch * 2 ranks * 2 workers) = 3 batches per worker: 6 batches, 12 samples
     assert len(sum(epoch_keys(make_dm(cfg, 2, 0, batch_size=2)), [])) == 12
+    with pytest.raises(ValueError, match=r"3 samples for 2 ranks x data.num_workers=2 = 4 readers"):
+        make_dm(DataConfig(train=write_shards(tmp_path / "tiny", [1] * 3), num_workers=2), 2, 0, batch_size=1)
+
+
+def test_a_batch_mixes_a_workers_shards_in_proportion_to_their_sizes(tmp_path):
+    # One worker, shards of 40, 20 and 20 samples, no shuffle buffer: the interleaved read alone mixes.
+    pattern = write_shards(tmp_path, [40, 20, 20])
+    cfg = DataConfig(train=pattern, num_workers=0, shuffle_buffer=0)
+    batches = epoch_keys(make_dm(cfg, batch_size=8))
+    assert len(batches) == 10
+    assert all(len({k.split("_")[0] for k in b}) >= 2 for b in batches[:8])  # not one shard per batch
+    first_half = sum(batches[:5], [])
+    share = Counter(k.split("_")[0] for k in first_half)["s000"] / len(first_half)
+    assert abs(share - 0.5) < 0.2, share  # 40 of 80 samples; read one shard after another it would be 0 or 1
 
 
 def test_resampled_mixing_follows_weights(tmp_path):

@@ -1,11 +1,14 @@
-"""Table sources (CSV/TSV/parquet): default columns, relative paths, missing files, wrong columns."""
+"""Table sources (CSV/TSV/parquet): default columns, relative paths, missing files, wrong columns, and
+even sharding: every row drawn equally often whatever the table's length and the worker count."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import lightning as L
 import pandas as pd
 import pytest
+import torch
 
 from clipl.data.config import DataConfig
 from clipl.data.datamodule import CLIPDataModule
@@ -77,3 +80,46 @@ def test_table_splits_into_virtual_shards_for_workers(table_dir):
     dm.setup()
     keys = [k for b in dm.train_dataloader() for k in b["key"]]
     assert sorted(keys) == [f"row{i:09d}" for i in range(12)]
+
+
+class _Recorder(L.LightningModule):
+    """Counts every sample key that reaches a training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen: Counter = Counter()
+
+    def training_step(self, batch, idx):
+        self.seen.update(batch["key"])
+        return (self.w - batch["image"].float().mean() / 255) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_uneven_table_every_row_drawn_equally_often_in_an_epoch(tmp_path, workers):
+    # 1,403 rows with the default data.table_rows_per_shard=1000 used to become shards of 1,000 and 403
+    # rows: with 2 workers the small one was drawn twice per epoch and 304 rows of the big one never;
+    # 4 workers were refused. Now: equal shards (351/350 rows), one row per draw, trained through Lightning.
+    n = 1403
+    (tmp_path / "images").mkdir()
+    for i in range(12):
+        (tmp_path / "images" / f"{i}.jpg").write_bytes(jpeg(side=8, seed=i))
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame({"filepath": [f"images/{i % 12}.jpg" for i in range(n)],
+                  "title": [f"row {i}" for i in range(n)]}).to_csv(path, index=False)
+    cfg = DataConfig(train=str(path), num_workers=workers, shuffle_buffer=64)
+    dm = CLIPDataModule(cfg, image_size=8, context_length=8, tokenizer=stand_in_tokenizer, batch_size=8)
+    dm.setup()
+    sizes = dm._train.sizes
+    assert len(sizes) % workers == 0 and max(sizes) - min(sizes) <= 1 and sum(sizes) == n
+    model = _Recorder()
+    L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False).fit(model, datamodule=dm)
+    counts = [model.seen.get(f"row{i:09d}", 0) for i in range(n)]
+    mean = sum(counts) / n
+    assert sum(counts) == (n // (8 * workers)) * 8 * workers  # whole batches, every worker the same number
+    assert all(abs(c - mean) <= 1 for c in counts), Counter(counts)
+    assert max(counts) == 1  # no row twice in one epoch
