@@ -4,6 +4,11 @@
 
 Everything registered here (tower arch, objective name) must be registered again wherever the run's
 config or checkpoints are loaded, so keep such code in an importable module once it outgrows a file.
+
+Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/custom.py --devices 8` prints it):
+    8 GPUs:   contrastive batch 512 = 1 micro-batch of 64 per GPU x 8
+    64 GPUs:  contrastive batch 4,096 = 1 micro-batch of 64 per GPU x 64
+    256 GPUs: contrastive batch 16,384 = 1 micro-batch of 64 per GPU x 256
 """
 
 from dataclasses import dataclass

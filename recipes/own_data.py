@@ -10,6 +10,11 @@ and optionally a templates.txt with one "{}" prompt per line (otherwise OpenAI's
 prompts). docs/data.md walks through it end to end. The defaults suit a few thousand images on a CPU;
 for more data swap in a bigger model (model=rn50 or model=vit_b32), raise trainer.max_epochs and
 trainer.micro_batch_size, and add --accelerator gpu --devices N.
+
+Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/own_data.py --devices 8` prints it):
+    8 GPUs:   contrastive batch 512 = 1 micro-batch of 64 per GPU x 8
+    64 GPUs:  contrastive batch 4,096 = 1 micro-batch of 64 per GPU x 64
+    256 GPUs: contrastive batch 16,384 = 1 micro-batch of 64 per GPU x 256
 """
 
 from omegaconf import MISSING

@@ -5,6 +5,11 @@
 
 The shapes set is generated on first use (under a minute) and cached. Zero-shot classification of the
 shape and a linear probe run at the end of training; results land in runs/quickstart/eval/.
+
+Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/quickstart.py --devices 8` prints it):
+    8 GPUs:   contrastive batch 1,024 = 1 micro-batch of 128 per GPU x 8
+    64 GPUs:  contrastive batch 8,192 = 1 micro-batch of 128 per GPU x 64
+    256 GPUs: contrastive batch 32,768 = 1 micro-batch of 128 per GPU x 256
 """
 
 from clipl.config.schema import CheckpointConfig, LoggingConfig, RunConfig

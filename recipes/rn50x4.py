@@ -9,6 +9,11 @@ Under SLURM (srun) or torchrun the launcher's environment is detected; pass --de
 A smoke run on a CPU:
     lightning run recipes/rn50x4.py --accelerator cpu --strategy auto --precision 32-true \
         data=shapes trainer.global_batch_size=4 trainer.micro_batch_size=4 trainer.max_steps=2
+
+Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/rn50x4.py --devices 8` prints it):
+    8 GPUs:   contrastive batch 32,768 = 16 micro-batches of 256 per GPU x 8
+    64 GPUs:  contrastive batch 32,768 = 2 micro-batches of 256 per GPU x 64
+    256 GPUs: contrastive batch 32,768 = 1 micro-batch of 128 per GPU x 256 (with trainer.micro_batch_size=128)
 """
 
 from clipl.paper import paper_config

@@ -6,6 +6,11 @@ N nodes (the same command on each node, node_rank 0..N-1):
     lightning run recipes/vit_b16.py --devices 8 --num-nodes N --node-rank R \
         --main-address HOST0 --main-port 29500 data.train='/data/laion/{00000..41407}.tar'
 Under SLURM (srun) or torchrun the launcher's environment is detected; pass --devices/--num-nodes.
+
+Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/vit_b16.py --devices 8` prints it):
+    8 GPUs:   contrastive batch 32,768 = 16 micro-batches of 256 per GPU x 8
+    64 GPUs:  contrastive batch 32,768 = 2 micro-batches of 256 per GPU x 64
+    256 GPUs: contrastive batch 32,768 = 1 micro-batch of 128 per GPU x 256 (with trainer.micro_batch_size=128)
 """
 
 from clipl.paper import paper_config

@@ -1,0 +1,22 @@
+"""RN50x64 as in the CLIP paper: batch 32,768, 32 epochs, lr 3.6e-4, bf16, DeepSpeed ZeRO-2.
+
+One node with 8 GPUs:
+    lightning run recipes/rn50x64.py --devices 8 data.train='/data/laion/{00000..41407}.tar'
+N nodes (the same command on each node, node_rank 0..N-1):
+    lightning run recipes/rn50x64.py --devices 8 --num-nodes N --node-rank R \
+        --main-address HOST0 --main-port 29500 data.train='/data/laion/{00000..41407}.tar'
+Under SLURM (srun) or torchrun the launcher's environment is detected; pass --devices/--num-nodes.
+At 448 px and 552 forward GFLOPs per image-text pair this is the most expensive paper model: 64 pairs
+per GPU per forward, with activation checkpointing.
+
+Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/rn50x64.py --devices 8` prints it):
+    8 GPUs:   contrastive batch 32,768 = 64 micro-batches of 64 per GPU x 8
+    64 GPUs:  contrastive batch 32,768 = 8 micro-batches of 64 per GPU x 64
+    256 GPUs: contrastive batch 32,768 = 2 micro-batches of 64 per GPU x 256
+"""
+
+from clipl.paper import paper_config
+
+
+def config():
+    return paper_config("rn50x64", lr=3.6e-4, micro_batch_size=64)
