@@ -191,16 +191,18 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.tracking import build_loggers
     from clipl.trainer import build_trainer
 
-    if plan.accumulation > 1 and "plan" not in inspect.signature(CLIPModule).parameters:
-        # Until CLIPModule splits batches (issue #14, accum), refuse rather than silently put the whole
-        # per-device batch through one forward.
+    # Transitional (issue #14): until CLIPModule takes the plan and splits batches into micro-batches
+    # (accum), a plan with accumulation is refused rather than put through one forward. Once it does,
+    # this becomes `system = CLIPModule(cfg, plan=plan)`.
+    module_takes_plan = "plan" in inspect.signature(CLIPModule).parameters
+    if plan.accumulation > 1 and not module_takes_plan:
         raise ConfigError(f"{plan.describe()}: this CLIPModule cannot accumulate micro-batches yet; set "
                           "trainer.global_batch_size=null or a trainer.micro_batch_size that makes one micro-batch")
     out_dir = Path(cfg.out_dir)
     ckpt_path = _resume_from(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    system = CLIPModule(cfg)  # accum: CLIPModule(cfg, plan=plan) once its constructor takes the plan
+    system = CLIPModule(cfg, plan=plan) if module_takes_plan else CLIPModule(cfg)
     data = build_datamodule(module, cfg, plan)
     saving = checkpoint_callbacks(cfg.checkpoint, out_dir)
     io = checkpoint_io(cfg.checkpoint, out_dir, saving, deepspeed=cfg.trainer.strategy == "deepspeed")
