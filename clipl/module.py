@@ -76,6 +76,10 @@ class CLIPModule(L.LightningModule):
 
         self.objective = build_objective(self.config.objective)
         model = CLIPModel.from_config(self.model_config())
+        if self.config.model.init_from:  # pretrained towers (a resumed checkpoint still overwrites them)
+            from clipl.models.init_from import init_from
+
+            init_from(model, self.config.model.init_from, strict=self.config.model.init_from_strict)
         if self.config.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         apply_locks(model, self.config.optim)

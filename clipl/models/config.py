@@ -23,3 +23,12 @@ class ModelConfig:
     """Initial logit bias (SigLIP uses -10); None builds a model without a bias parameter."""
     grad_checkpointing: bool = False
     """Recompute tower activations in the backward pass to save memory."""
+    init_from: Optional[str] = None
+    """Start training from these weights: a clipl .ckpt or ZeRO folder, a `clipl export` output, an
+    open_clip folder, a Hugging Face CLIPModel folder, or an OpenAI-layout state dict (see
+    docs/weights.md). Loaded into the freshly built towers before training (a resumed run's
+    checkpoint still wins); what was loaded is logged."""
+    init_from_strict: bool = True
+    """With init_from: every weight must match this model (keys, shapes and, where the source
+    records it, the architecture incl. activation and heads). False loads whatever matches by name
+    and shape (e.g. one tower) and reports what was left out."""

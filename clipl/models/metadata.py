@@ -19,11 +19,32 @@ METADATA_KEY = "clipl_model_config"
 """safetensors header / sidecar JSON key holding the ModelConfig."""
 
 
+# Fields that change training, not the function the weights compute.
+_TRAINING_ONLY = {"grad_checkpointing": False, "init_from": None, "init_from_strict": True}
+_TOWER_TRAINING_ONLY = {"patch_dropout": 0.0}
+
+
+def without_training_fields(cfg: ModelConfig, temperature: bool = False) -> ModelConfig:
+    """``cfg`` with training-only fields (checkpointing, init_from, patch dropout) at their defaults;
+    ``temperature`` also resets the initial logit scale (the trained value lives in the weights)."""
+    def tower(t: Any) -> Any:
+        if not dataclasses.is_dataclass(t):
+            return t
+        names = {f.name for f in dataclasses.fields(t)}
+        return dataclasses.replace(t, **{k: v for k, v in _TOWER_TRAINING_ONLY.items() if k in names})
+
+    changes = {k: v for k, v in _TRAINING_ONLY.items() if hasattr(cfg, k)}
+    if temperature:
+        changes["init_logit_scale"] = ModelConfig.init_logit_scale
+    return dataclasses.replace(cfg, image=tower(cfg.image), text=tower(cfg.text), **changes)
+
+
 def config_to_dict(cfg: ModelConfig) -> dict:
-    """A ModelConfig as plain JSON-able data (towers carry their ``arch`` discriminator)."""
+    """A ModelConfig as plain JSON-able data (towers carry their ``arch`` discriminator); training-only
+    fields are left at their defaults, so an export describes the model, not how it was trained."""
     from clipl.config.io import to_container
 
-    return to_container(cfg)
+    return to_container(without_training_fields(cfg))
 
 
 def config_from_dict(data: dict, source: str = "metadata") -> ModelConfig:
@@ -86,7 +107,7 @@ def architecture_name(cfg: ModelConfig) -> str:
     """
     from clipl.models.registry import list_presets, preset
 
-    plain = dataclasses.replace(cfg, grad_checkpointing=False, init_logit_scale=ModelConfig.init_logit_scale)
+    plain = without_training_fields(cfg, temperature=True)
     for name in list_presets():
         ref = preset(name)
         if dataclasses.replace(ref, init_logit_bias=plain.init_logit_bias) == plain:

@@ -26,7 +26,13 @@ from clipl.models.backbones.modified_resnet import ModifiedResNetConfig
 from clipl.models.backbones.text_transformer import TextTransformerConfig
 from clipl.models.backbones.vit import ViTConfig
 from clipl.models.config import ModelConfig
-from clipl.models.metadata import METADATA_KEY, config_to_json, describe_differences, write_sidecar
+from clipl.models.metadata import (
+    METADATA_KEY,
+    config_to_json,
+    describe_differences,
+    without_training_fields,
+    write_sidecar,
+)
 from clipl.models.sources import Source, read_source
 
 PathLike = Union[str, Path]
@@ -141,8 +147,8 @@ def _shape_key(cfg: ModelConfig) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(t)}
         return dataclasses.replace(t, **{k: v for k, v in (("heads", None), ("act", "quick_gelu")) if k in names})
 
-    return dataclasses.replace(cfg, image=tower(cfg.image), text=tower(cfg.text), init_logit_scale=0.0,
-                               init_logit_bias=None, grad_checkpointing=False)
+    cfg = without_training_fields(cfg, temperature=True)
+    return dataclasses.replace(cfg, image=tower(cfg.image), text=tower(cfg.text), init_logit_bias=None)
 
 
 def _act_name(cfg: ModelConfig) -> str:
@@ -227,7 +233,7 @@ def load_checkpoint(
 
 def _plain(cfg: ModelConfig) -> ModelConfig:
     # Training-only switches are not architecture.
-    return dataclasses.replace(cfg, grad_checkpointing=False, init_logit_scale=0.0)
+    return without_training_fields(cfg, temperature=True)
 
 
 def load_model(
