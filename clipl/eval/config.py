@@ -12,8 +12,10 @@ class EvalConfig:
 
     zeroshot: list[str] = field(default_factory=list)
     """Zero-shot classification sets: "shapes" (every shapes eval split), "shapes:colour" (one
-    split), an ImageFolder directory (one sub-folder per class), or labelled WebDataset eval shards
-    (`.cls` per sample, `classnames.txt` beside them). Prefix "name=" to name a set."""
+    split), an ImageFolder directory (one sub-folder per class), labelled WebDataset eval shards
+    (`.cls` per sample, `classnames.txt` beside them), or a clip_benchmark WebDataset folder
+    (DIR/test/*.tar with classnames.txt and zeroshot_classification_templates.txt in DIR; "DIR:train"
+    for another split). Prefix "name=" to name a set."""
     retrieval: list[str] = field(default_factory=list)
     """Image-text retrieval sets: "shapes" (the shapes val split), "shapes:<split>", or WebDataset
     shards (brace pattern, a .tar, or a directory of .tar) whose `.json` has "captions" (else `.txt`)."""
@@ -34,7 +36,8 @@ class EvalConfig:
     """DataLoader worker processes per rank for decoding eval images."""
     templates: Optional[str] = None
     """Prompt templates: a builtin name ("openai": 80 templates, "openai7": 7, "shapes", "plain")
-    or a text file with one "{}" template per line; None uses the data set's own templates
+    or a text file with one "{}" template per line, or clip_benchmark's templates JSON ("FILE.json"
+    takes the entry named like the data set, "FILE.json:KEY" entry KEY); None uses the data set's own templates
     (shapes, or a templates.txt beside the data) and otherwise "openai"."""
     linear_probe_position: str = "after"
     """Image features for the linear probe: "after" the projection (the CLIP embedding) or

@@ -90,7 +90,39 @@ def expand_shards(spec: str) -> list[Path]:
     return paths
 
 
-def _index_tar(path: Path) -> list[Sample]:
+# clip_benchmark's WebDataset layout (clip_benchmark.datasets.builder.build_wds_dataset):
+#   DIR/{test,train}/nshards.txt, DIR/{split}/0.tar ...; DIR/classnames.txt,
+#   DIR/zeroshot_classification_templates.txt, DIR/dataset_type.txt ("retrieval": .txt holds one caption per line).
+CB_TEMPLATES = "zeroshot_classification_templates.txt"
+CB_TYPE = "dataset_type.txt"
+
+
+def clip_benchmark_split(root: Path, split: str = "test") -> Optional[list[Path]]:
+    """The shards of ``split`` when ``root`` is a clip_benchmark WebDataset folder, else None."""
+    folder = root / split
+    if not (folder / "nshards.txt").is_file():
+        return None
+    try:
+        n = int((folder / "nshards.txt").read_text().strip())
+    except ValueError as e:
+        raise ValueError(f"{folder / 'nshards.txt'} must hold the number of shards") from e
+    paths = [folder / f"{i}.tar" for i in range(n)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}/nshards.txt says {n} shards; missing: {', '.join(missing[:3])}")
+    return paths
+
+
+def _metadata_folder(folder: Path) -> Path:
+    """Where a shard folder's class names / templates live: beside the shards, or clip_benchmark's root above."""
+    parent = folder.parent
+    if not any((folder / f).is_file() for f in ("classnames.txt", "templates.txt", CB_TEMPLATES)) and \
+            any((parent / f).is_file() for f in ("classnames.txt", CB_TEMPLATES, CB_TYPE)):
+        return parent
+    return folder
+
+
+def _index_tar(path: Path, caption_lines: bool = False) -> list[Sample]:
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     with tarfile.open(path) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
@@ -112,21 +144,32 @@ def _index_tar(path: Path) -> list[Sample]:
             raise ValueError(f"{path}: {key}.cls is not an ASCII integer label") from e
         caps = json.loads(t["json"]).get("captions", []) if "json" in t else []
         if not caps and "txt" in t:
-            caps = [t["txt"].decode("utf-8").strip()]
+            text = t["txt"].decode("utf-8")
+            caps = [ln.strip() for ln in text.splitlines() if ln.strip()] if caption_lines else [text.strip()]
         samples.append(Sample(image=(str(path), g[img].offset_data, g[img].size), label=label, captions=list(caps)))
     return samples
 
 
-def scan_shards(spec: str, name: Optional[str] = None) -> EvalSet:
-    """Index WebDataset shards; `classnames.txt`/`templates.txt` beside the first shard are read."""
-    paths = expand_shards(spec)
-    samples = [s for p in paths for s in _index_tar(p)]
+def scan_shards(spec: str, name: Optional[str] = None, paths: Optional[list[Path]] = None) -> EvalSet:
+    """Index WebDataset shards; `classnames.txt` and `templates.txt` (or clip_benchmark's
+    `zeroshot_classification_templates.txt`) beside the first shard, or in clip_benchmark's dataset
+    root above its split folder, are read."""
+    paths = paths or expand_shards(spec)
+    meta = _metadata_folder(paths[0].parent)
+    kind = (meta / CB_TYPE).read_text().strip().lower() if (meta / CB_TYPE).is_file() else "classification"
+    if kind not in ("classification", "retrieval"):
+        raise ValueError(f"{meta / CB_TYPE}: dataset type {kind!r} is not supported (classification, retrieval)")
+    samples = [s for p in paths for s in _index_tar(p, caption_lines=kind == "retrieval")]
     if not samples:
         raise ValueError(f"no image samples in the shards {spec}")
-    folder = paths[0].parent
-    classnames = read_lines(folder / "classnames.txt", "class names") if (folder / "classnames.txt").is_file() else None
-    templates = read_lines(folder / "templates.txt", "templates") if (folder / "templates.txt").is_file() else None
-    return EvalSet(name or folder.name, samples, classnames, templates)
+    classnames = read_lines(meta / "classnames.txt", "class names") if (meta / "classnames.txt").is_file() else None
+    templates = None
+    for f in ("templates.txt", CB_TEMPLATES):
+        if (meta / f).is_file():
+            # clip_benchmark writes "{c}" where the class name goes; clipl's templates use "{}".
+            templates = [t.replace("{c}", "{}") for t in read_lines(meta / f, "templates")]
+            break
+    return EvalSet(name or meta.name, samples, classnames, templates)
 
 
 def load_image(source: Any, size: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ A template is a string with one "{}" where the class name goes.
 from __future__ import annotations
 
 import difflib
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
@@ -75,8 +76,27 @@ def list_template_sets() -> list[str]:
     return sorted([*_TEMPLATE_SETS, "shapes"])
 
 
-def load_templates(spec: str, dataset_templates: Optional[list[str]] = None) -> list[str]:
-    """Templates named by ``spec``: a builtin set, "shapes" (the data set's own), or a file path.
+def _json_templates(spec: str, dataset: Optional[str]) -> list[str]:
+    """clip_benchmark's templates JSON ({dataset: [templates]}) or a JSON list; "FILE.json:KEY" picks a key."""
+    path, _, key = spec.partition(".json:")
+    path = path if path.endswith(".json") else path + ".json"
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, list):
+        return _checked([str(t).replace("{c}", "{}") for t in data], path)
+    key = key or dataset
+    if key not in data:
+        close = difflib.get_close_matches(str(key), list(data), n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(f"templates {path} has no entry {key!r}{hint}; name one as {path}:KEY "
+                         f"({len(data)} entries, e.g. {', '.join(list(data)[:5])})")
+    # clip_benchmark writes "{c}" where the class name goes; clipl's templates use "{}".
+    return _checked([str(t).replace("{c}", "{}") for t in data[key]], f"{path}:{key}")
+
+
+def load_templates(spec: str, dataset_templates: Optional[list[str]] = None, dataset: Optional[str] = None) -> list[str]:
+    """Templates named by ``spec``: a builtin set, "shapes" (the data set's own), a text file (one per
+    line), or clip_benchmark's templates JSON ("FILE.json" picks the entry named ``dataset``,
+    "FILE.json:KEY" the entry KEY).
 
     ``dataset_templates`` are the data set's own templates (e.g. the shapes captions' style).
     """
@@ -88,6 +108,8 @@ def load_templates(spec: str, dataset_templates: Optional[list[str]] = None) -> 
         return _checked(list(dataset_templates), "the shapes data set")
     if spec in _TEMPLATE_SETS:
         return list(_TEMPLATE_SETS[spec]())
+    if spec.endswith(".json") or ".json:" in spec:
+        return _json_templates(spec, dataset)
     if Path(spec).is_file():
         return _checked(read_lines(spec, "templates"), spec)
     close = difflib.get_close_matches(spec, list_template_sets(), n=2)

@@ -125,7 +125,7 @@ def _tokenizer(context_length: int):
 def templates_for(s: EvalSet, cfg: EvalConfig) -> list[str]:
     """The config's templates, else the set's own, else OpenAI's 80."""
     if cfg.templates is not None:
-        return load_templates(cfg.templates, s.templates)
+        return load_templates(cfg.templates, s.templates, dataset=s.name)
     return list(s.templates) if s.templates else load_templates("openai")
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from clipl.eval.datasets import EvalSet, scan_image_folder, scan_shards
+from clipl.eval.datasets import EvalSet, clip_benchmark_split, scan_image_folder, scan_shards
 
 
 def shapes_dataset(cfg: Any = None):
@@ -41,7 +41,15 @@ def _shapes_split(ds, split: str, task: str) -> EvalSet:
 
 def _local(spec: str, name: Optional[str]) -> EvalSet:
     p = Path(spec)
+    root, _, split = spec.rpartition(":")
+    if root and "/" not in split and Path(root).is_dir():  # "DIR:train": a clip_benchmark split
+        p, spec = Path(root), root
+    else:
+        split = "test"
     if p.is_dir() and not any(p.glob("*.tar")):
+        shards = clip_benchmark_split(p, split)
+        if shards is not None:
+            return scan_shards(str(p / split), name or p.name, paths=shards)
         return scan_image_folder(p, name)
     return scan_shards(spec, name)
 
