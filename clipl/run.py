@@ -181,6 +181,9 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     # Lightning or the model are even imported; every problem is reported at once.
     validate(cfg, own_data=callable(getattr(module, "datamodule", None)))
 
+    from clipl.quiet import install as quiet_install
+
+    quiet_install()  # before Lightning is imported: some of its messages come at import or Trainer() time
     import lightning as L
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -188,6 +191,8 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.callbacks.throughput import PerfMonitor
     from clipl.checkpointing import checkpoint_callbacks, checkpoint_io
     from clipl.module import CLIPModule
+    from clipl.progress import progress_bar
+    from clipl.summary import RunSummary
     from clipl.tracking import build_loggers
     from clipl.trainer import build_trainer
 
@@ -199,6 +204,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
         raise ConfigError(f"{plan.describe()}: this CLIPModule cannot accumulate micro-batches yet; set "
                           "trainer.global_batch_size=null or a trainer.micro_batch_size that makes one micro-batch")
     out_dir = Path(cfg.out_dir)
+    summary = RunSummary(out_dir)
     ckpt_path = _resume_from(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -210,6 +216,9 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
     if callable(getattr(module, "callbacks", None)):
         callbacks += list(module.callbacks(cfg))
+    callbacks.append(summary)
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(progress_bar())  # short metric names; Lightning's own bar otherwise
     loggers = build_loggers(cfg.logging, out_dir, to_container(cfg))
     for logger in loggers:  # next to the config in every backend's hyperparameters (hparams.yaml, W&B)
         logger.log_hyperparams({"batch_plan": plan.to_dict()})
@@ -228,11 +237,20 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
         _write_config(cfg, out_dir)
         if ckpt_path:
             log.info("resuming from %s", ckpt_path)
+    status = None  # what the summary says; None (a crash): no summary, the traceback says it
+    stopped = "stopped by SIGTERM: checkpoint saved, the same command resumes"
     try:
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
+        status = stopped if trainer.received_sigterm else "finished"
     except SIGTERMException:
+        status = stopped
         return SIGTERM_EXIT
+    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown
+        status = "interrupted (Ctrl-C); the same command resumes from the newest checkpoint"
+        raise
     finally:
         if hasattr(io, "wait"):
             io.wait()  # every checkpoint write is on disk before the process exits (Lightning waits too)
+        if status is not None and trainer.is_global_zero:
+            print(summary.render(status), flush=True)
     return SIGTERM_EXIT if trainer.received_sigterm else 0

@@ -161,7 +161,7 @@ def _wandb_logger(cfg: LoggingConfig, out_dir: Path, config: dict) -> Logger:
         os.environ.pop("WANDB_API_KEY", None)  # not needed offline; keep it out of every file
         os.environ["WANDB_MODE"] = "offline"
         log.info("W&B runs offline (no API key, no reachable server, or logging.offline=true)")
-    return WandbLogger(
+    logger = WandbLogger(
         project=cfg.project,
         name=cfg.name or out_dir.name,
         save_dir=str(out_dir),
@@ -174,3 +174,7 @@ def _wandb_logger(cfg: LoggingConfig, out_dir: Path, config: dict) -> Logger:
         entity=cfg.entity,
         config=config,
     )
+    # Lightning always passes wandb.init(anonymous=None); wandb >= 0.19 warns that the (deprecated)
+    # setting has no effect whenever the key is present, even as None. Not passing it changes nothing.
+    logger._wandb_init.pop("anonymous", None)
+    return logger

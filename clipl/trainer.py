@@ -178,6 +178,13 @@ def _fraction_or_count(name: str, value: float) -> Union[int, float]:
     return int(value)
 
 
+def _lightning_fraction(name: str, value: float) -> Union[int, float, None]:
+    """As _fraction_or_count, but the whole epoch (1.0) is Lightning's default, None: passing 1.0
+    explicitly makes Lightning print a "Trainer(name=1.0) was configured so 100% ..." line per field."""
+    value = _fraction_or_count(name, value)
+    return None if value == 1.0 and isinstance(value, float) else value
+
+
 # Strategy registry: name -> builder(cfg, plan) returning a Lightning strategy (or the string Lightning
 # resolves itself).
 _STRATEGIES: dict[str, Callable[[TrainerConfig, BatchPlan], Any]] = {}
@@ -281,10 +288,10 @@ def build_trainer(
         gradient_clip_val=None if deepspeed else cfg.gradient_clip_val,
         gradient_clip_algorithm=None if deepspeed or cfg.gradient_clip_val is None else "norm",
         log_every_n_steps=cfg.log_every_n_steps,
-        val_check_interval=_fraction_or_count("val_check_interval", cfg.val_check_interval),
+        val_check_interval=_lightning_fraction("val_check_interval", cfg.val_check_interval),
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,
-        limit_train_batches=_fraction_or_count("limit_train_batches", cfg.limit_train_batches),
-        limit_val_batches=_fraction_or_count("limit_val_batches", cfg.limit_val_batches),
+        limit_train_batches=_lightning_fraction("limit_train_batches", cfg.limit_train_batches),
+        limit_val_batches=_lightning_fraction("limit_val_batches", cfg.limit_val_batches),
         num_sanity_val_steps=cfg.num_sanity_val_steps,
         deterministic=cfg.deterministic,
         sync_batchnorm=cfg.sync_batchnorm,

@@ -200,6 +200,7 @@ def test_kill9_at_epoch_boundary_resumes_bit_exact(tmp_path):
 def test_sigterm_saves_exits_nonzero_and_resumes_bit_exact(tmp_path):
     first = _resume_case(tmp_path, "SIGTERM", at_step=5)
     assert first.returncode == 143
+    assert "clipl run summary" in first.stdout and "stopped by SIGTERM" in first.stdout
     assert list((tmp_path / "run" / "checkpoints").glob("preempt-step=*.ckpt"))
 
 

@@ -62,6 +62,10 @@ class CLIPDataModule(L.LightningDataModule):
         self._pending: Optional[dict] = None
         self._train: Optional[CLIPStream] = None
         self._val: Optional[CLIPStream] = None
+        if cfg.val is None:
+            # No validation set: no val_dataloader hook at all, so Lightning does not warn that the
+            # loader it would call has no validation_step to feed.
+            self.val_dataloader = None
 
     # ------------------------------------------------------------------ topology
     def _world(self) -> tuple[int, int]:

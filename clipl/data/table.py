@@ -35,7 +35,11 @@ def read_table(path: str, img_column: str, caption_column: str, separator: Optio
         raise FileNotFoundError(f"{field}: table {str(p)!r} does not exist")
     suffix = p.suffix.lower()
     if suffix == ".parquet":
-        df = pd.read_parquet(p)
+        try:
+            df = pd.read_parquet(p)
+        except ImportError as e:
+            raise ImportError(f"{field}: reading the .parquet table {str(p)!r} needs pyarrow: "
+                              f"pip install 'clipl[table]' ({e})") from None
     else:
         sep = separator if separator is not None else TABLE_SUFFIXES[suffix]
         # Everything as text: captions such as "NaN" or "1" must stay strings.
