@@ -95,6 +95,20 @@ def test_zero3_init_construction_keeps_initialisation(fp32_run):
     assert ref["init_max_abs_diff"] == 0.0
 
 
+def test_export_reads_a_zero_folder(fp32_run, tmp_path):
+    """`clipl export` consolidates a ZeRO folder on the fly; the export records the architecture."""
+    from clipl.models.export import export
+    from clipl.models.weights import load_model
+
+    out = export(fp32_run / "zero2", tmp_path / "w.safetensors", "openai")
+    model = load_model(out).eval()  # no preset: the run config travelled into the header
+    ref = torch.load(fp32_run / "ref2.pt", weights_only=True)
+    with torch.no_grad():
+        got = model(ref["images"], ref["tokens"])
+    torch.testing.assert_close(got.image_features, ref["image_features"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.text_features, ref["text_features"], rtol=1e-5, atol=1e-5)
+
+
 def test_cli_round_trip_and_no_overwrite(fp32_run, tmp_path, capsys):
     zero = str(fp32_run / "zero2")
     out, openai = tmp_path / "m.ckpt", tmp_path / "m.safetensors"
