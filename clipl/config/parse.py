@@ -34,6 +34,8 @@ class ConfigProblems(ConfigError):
 MISSING_HINTS: dict[str, str] = {
     "data.train": "a training data source: data.train='/data/shards/{00000..01023}.tar' "
     "(WebDataset), data.train=/data/pairs.csv (table), or data=shapes for the built-in set",
+    "model.init_from": "the weights to start from: model.init_from=runs/vit_l14/checkpoints/last.ckpt "
+    "(a clipl checkpoint, a `clipl export`, an open_clip folder or an OpenAI .pt; docs/weights.md)",
 }
 
 

@@ -27,7 +27,8 @@ class ModelConfig:
     """Start training from these weights: a clipl .ckpt or ZeRO folder, a `clipl export` output, an
     open_clip folder, a Hugging Face CLIPModel folder, or an OpenAI-layout state dict (see
     docs/weights.md). Loaded into the freshly built towers before training (a resumed run's
-    checkpoint still wins); what was loaded is logged."""
+    checkpoint still wins); what was loaded is logged. A source trained at another input resolution
+    fits: its positional grid is interpolated to this model's (bicubic, class token kept)."""
     init_from_strict: bool = True
     """With init_from: every weight must match this model (keys, shapes and, where the source
     records it, the architecture incl. activation and heads). False loads whatever matches by name

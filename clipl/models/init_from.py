@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from clipl.models.layers import materialized
+from clipl.models.pos_embed import adapt_pos_embed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class InitReport:
     """Entries present in both with different shapes (kept as initialised)."""
     unexpected: list[str] = field(default_factory=list)
     """Source entries the model has no place for (ignored)."""
+    resized: list[str] = field(default_factory=list)
+    """Positional embeddings resampled to the model's patch grid (another input resolution)."""
     architecture_checked: bool = False
 
     def summary(self) -> str:
@@ -41,7 +44,7 @@ class InitReport:
             return f"{len(keys)} ({image} image, {len(keys) - image} text/other)"
 
         parts = [f"model.init_from={self.source} ({self.kind}): loaded {tower(self.loaded)} tensors"]
-        for name in ("missing", "mismatched", "unexpected"):
+        for name in ("resized", "missing", "mismatched", "unexpected"):
             keys = getattr(self, name)
             if keys:
                 more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
@@ -63,6 +66,8 @@ def init_from(model: nn.Module, path: str, strict: bool = True) -> InitReport:
         report.architecture_checked = True
         diff = describe_differences(without_training_fields(src.config, temperature=True),
                                     without_training_fields(own_cfg, temperature=True))
+        # Another input resolution is the same function family: positions are resampled below.
+        diff = [d for d in diff if not d.startswith("image.image_size:")]
         if diff and strict:
             raise ValueError(
                 f"model.init_from={path}: its architecture differs from model.* ({'; '.join(diff[:5])}). "
@@ -71,7 +76,11 @@ def init_from(model: nn.Module, path: str, strict: bool = True) -> InitReport:
     # ZeRO-3 (configure_model under zero.Init): gathered to full tensors, written on rank 0, re-partitioned.
     with torch.no_grad(), materialized(model):
         own = model.state_dict()
-        sd = src.state_dict
+        sd = dict(src.state_dict)
+        # A source trained at another resolution (ViT-L/14 at 224 px -> 336 px): its positional grid is
+        # interpolated to the model's (clipl.models.pos_embed), the class token kept.
+        report.resized = [f"{k} {tuple(src.state_dict[k].shape)}->{tuple(sd[k].shape)}"
+                          for k in adapt_pos_embed(sd, model)]
         for key, value in own.items():
             if key not in sd:
                 report.missing.append(key)

@@ -15,9 +15,13 @@ def base() -> RunConfig:
     return RunConfig(model=preset("tiny_vit"))
 
 
+# What recipes leave for the command line besides data.train (resolving does not open the file).
+REQUIRED_BY_RECIPE = {"vit_l14_336": ["model.init_from=runs/vit_l14/checkpoints/last.ckpt"]}
+
+
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_parses_and_builds_its_model(name):
-    _, cfg = resolve(name, ["data=shapes"])
+    _, cfg = resolve(name, ["data=shapes", *REQUIRED_BY_RECIPE.get(name, [])])
     assert isinstance(cfg, RunConfig)
     with torch.device("meta"):  # shapes only: the big presets build in milliseconds
         model = build_model(cfg.model)
@@ -34,6 +38,22 @@ def test_paper_recipe_hyperparameters():
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy == "deepspeed"
     _, vit = resolve("vit_l14", ["data=shapes"])
     assert vit.optim.lr == 4e-4 and vit.optim.betas == [0.9, 0.98] and vit.optim.eps == 1e-6
+    _, big = resolve("rn50x64", ["data=shapes"])
+    assert big.optim.lr == 3.6e-4 and big.model.image.image_size == 448 and big.optim.eps == 1e-8
+
+
+def test_vit_l14_336_recipe_continues_a_vit_l14_checkpoint():
+    from clipl.models.metadata import describe_differences, without_training_fields
+
+    with pytest.raises(ConfigError, match=r"model\.init_from"):  # the checkpoint is required
+        resolve("vit_l14_336", ["data=shapes"])
+    _, cfg = resolve("vit_l14_336", ["data=shapes", "model.init_from=runs/vit_l14/checkpoints/last.ckpt"])
+    assert cfg.optim.lr == 2e-5 and cfg.trainer.max_epochs == 1 and cfg.trainer.global_batch_size == 32768
+    assert cfg.model.init_from == "runs/vit_l14/checkpoints/last.ckpt"
+    # The same model as the vit_l14 recipe's but for the input size, so its checkpoints load strictly.
+    _, l14 = resolve("vit_l14", ["data=shapes"])
+    diff = describe_differences(without_training_fields(l14.model), without_training_fields(cfg.model))
+    assert diff == ["image.image_size: 224 != 336"]
 
 
 def test_overrides_set_typed_values():

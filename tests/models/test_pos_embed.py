@@ -81,3 +81,25 @@ def test_checkpoint_loads_into_a_higher_resolution_model(name):
     with torch.no_grad():
         out = big.encode_image(torch.randn(2, 3, 96, 96))
     assert out.shape == (2, small_cfg.embed_dim) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_init_from_a_lower_resolution_checkpoint_resizes_the_grid(tmp_path, recorded):
+    # model.init_from with a 64-px tiny_vit (8x8 grid) into the 96-px model (12x12), as vit_l14_336 does
+    # with a 224-px ViT-L/14: strict, everything loaded as it is but the resized positions.
+    from clipl.config.schema import RunConfig
+    from clipl.models.weights import export_state_dict
+    from clipl.module import CLIPModule
+
+    torch.manual_seed(3)
+    source = build_model("tiny_vit")
+    path = export_state_dict(source if recorded else source.state_dict(), tmp_path / "w.safetensors")
+    cfg = preset("tiny_vit")
+    cfg = dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, image_size=96), init_from=str(path))
+    system = CLIPModule(RunConfig(model=cfg))
+    system.configure_model()
+    got, want = system.model.state_dict(), source.state_dict()
+    key = "visual.positional_embedding"
+    assert got[key].shape == (145, 128)
+    torch.testing.assert_close(got[key], resize_pos_embed(want[key], 12), rtol=0, atol=0)
+    assert all(torch.equal(got[k], v) for k, v in want.items() if k != key)
