@@ -73,12 +73,20 @@ def _variants(path: str) -> list[tuple[str, type]]:
     if path == "model.image":  # the same registered towers serve both sides: listed once
         from clipl.models.registry import list_archs, tower_config_class
 
-        return [(f"arch: {arch}", tower_config_class(arch)) for arch in list_archs()]
+        return [(f"arch: {arch}", tower_config_class(arch)) for arch in list_archs()
+                if _ships_with_clipl(tower_config_class(arch))]
     if path == "objective":
         from clipl.objectives.registry import list_objectives, objective_config_class
 
-        return [(f"name: {name}", objective_config_class(name)) for name in list_objectives()]
+        return [(f"name: {name}", objective_config_class(name)) for name in list_objectives()
+                if _ships_with_clipl(objective_config_class(name))]
     return []
+
+
+def _ships_with_clipl(cls: type) -> bool:
+    # A recipe loaded earlier in the process (recipes/custom.py) registers its own towers/objectives:
+    # they are not clipl's fields, and their source is not importable.
+    return cls.__module__.split(".")[0] == "clipl"
 
 
 def section(path: str, cls: type, title: str = "") -> Iterator[str]:
