@@ -129,6 +129,7 @@ def _resume_from(cfg: Any, out_dir: Path) -> str | None:
     if mode not in ("auto", "never"):
         if not Path(mode).exists():
             raise ConfigError(f"checkpoint.resume={mode}: no such checkpoint")
+        check_zero_world_size(mode, cfg)
         return mode
     found = find_resume_checkpoint(out_dir)
     if found is not None and mode == "never":
@@ -138,7 +139,28 @@ def _resume_from(cfg: Any, out_dir: Path) -> str | None:
         )
     if found is not None:
         _check_compatible(cfg, out_dir)
+    if found is not None:
+        check_zero_world_size(found, cfg)
     return str(found) if found else None
+
+
+def check_zero_world_size(path: str | Path, cfg: Any) -> None:
+    """A DeepSpeed ZeRO checkpoint holds one optimizer shard per data-parallel rank and loads only on the
+    world size that wrote it; say how to go on from it with another world size."""
+    from clipl.trainer import world_size
+
+    path = Path(path)
+    if not path.is_dir():
+        return  # a single-file checkpoint (DDP/single device): full optimizer state, any world size
+    shards = {p.name.split("_mp_rank")[0] for p in path.glob("**/*zero_pp_rank_*_optim_states.pt")}
+    now = world_size(cfg.trainer)
+    if shards and len(shards) != now:
+        raise ConfigError(
+            f"{path} is a DeepSpeed ZeRO checkpoint written by {len(shards)} ranks and this run has {now}: its "
+            "optimizer state is sharded per rank. Keep the world size for this resume, or convert it to "
+            f"weights only (`clipl convert {path} weights.ckpt`) and start a new run from them (the optimizer "
+            "state is then lost); DeepSpeed's universal checkpoints (deepspeed.checkpoint.ds_to_universal) "
+            "can re-shard it, but clipl does not load them yet")
 
 
 def _check_compatible(cfg: Any, out_dir: Path) -> None:

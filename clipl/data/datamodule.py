@@ -8,6 +8,8 @@ entered a step. See docs/data.md for how this meets Lightning's checkpointing.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
 from typing import Any, Optional
 
 import lightning as L
@@ -16,7 +18,9 @@ from torch.utils.data import DataLoader
 
 from clipl.data.config import DataConfig
 from clipl.data.sources import SHAPES, make_sources
-from clipl.data.stream import CLIPStream, ResumePoint
+from clipl.data.stream import CLIPStream, ElasticPlan, ResumePoint
+
+log = logging.getLogger(__name__)
 
 
 class _EpochLoader(DataLoader):
@@ -60,6 +64,7 @@ class CLIPDataModule(L.LightningDataModule):
         self.cursors: list[int] = [0] * max(1, cfg.num_workers)
         self._started = False
         self._pending: Optional[dict] = None
+        self._elastic: Optional[ElasticPlan] = None
         self._train: Optional[CLIPStream] = None
         self._val: Optional[CLIPStream] = None
         if cfg.val is None:
@@ -140,24 +145,55 @@ class CLIPDataModule(L.LightningDataModule):
         resume = None
         if self._pending is not None:
             st, self._pending = self._pending, None
-            if st["consumed"] >= self.batches_per_epoch:  # saved exactly at an epoch boundary
-                self.epoch, self.consumed = st["epoch"] + 1, 0
+            switch = st["switch"]
+            if switch is not None:  # saved on another topology: elastic resume (see ElasticPlan)
+                size = ds.epoch_size
+                per = max(1, size // (switch.batch_size * switch.world_size * switch.num_workers))
+                if st["consumed"] >= per * switch.num_workers:  # saved at that topology's epoch end
+                    self.epoch, self.consumed, self._elastic = st["epoch"] + 1, 0, None
+                else:
+                    self.epoch, self.consumed, self._elastic = st["epoch"], switch.offset, switch
+                    self.cursors = [0] * K
+                    resume = ResumePoint(0, list(self.cursors))
+                    self._rescale_lightning_progress(switch.offset - switch.consumed)
             else:
-                self.epoch, self.consumed = st["epoch"], st["consumed"]
-                self.cursors = list(st["cursors"][rank])
-                resume = ResumePoint(self.consumed, list(self.cursors))
+                self._elastic = st["elastic"]
+                ds.epoch, ds.elastic = st["epoch"], self._elastic
+                if st["consumed"] >= self.batches_per_epoch:  # saved exactly at an epoch boundary
+                    self.epoch, self.consumed, self._elastic = st["epoch"] + 1, 0, None
+                else:
+                    self.epoch, self.consumed = st["epoch"], st["consumed"]
+                    self.cursors = list(st["cursors"][rank])
+                    resume = ResumePoint(self.consumed - self._offset(), list(self.cursors))
         elif self._started and 0 < self.consumed < self.batches_per_epoch:
             # The previous pass stopped before the epoch's end. Lightning does this when it resumes
             # from an end-of-epoch checkpoint (it closes the restored epoch after one more batch), or
             # with limit_train_batches. The data epoch is not over: continue it where it stopped,
             # so the sample sequence stays that of an uninterrupted run.
-            resume = ResumePoint(self.consumed, list(self.cursors))
+            resume = ResumePoint(self.consumed - self._offset(), list(self.cursors))
         elif self._started:
-            self.epoch, self.consumed = self.epoch + 1, 0
+            self.epoch, self.consumed, self._elastic = self.epoch + 1, 0, None
         if resume is None:
             self.cursors = [0] * K
         self._started = True
-        ds.epoch, ds.resume = self.epoch, resume
+        ds.epoch, ds.resume, ds.elastic = self.epoch, resume, self._elastic
+
+    def _offset(self) -> int:
+        """Batches of this epoch consumed on the old topology, before an elastic resume, counted in
+        batches of this topology (else 0)."""
+        return self._elastic.offset if self._elastic is not None else 0
+
+    def _rescale_lightning_progress(self, delta: int) -> None:
+        """Lightning restored the epoch's batch counters in the old topology's batches; count them in
+        this topology's, as the data now does, so the epoch ends where the data does and accumulation
+        boundaries fall on whole global batches. Runs inside iter(train loader), after Lightning restored
+        its loops and before its epoch loop resets on restart (which keeps the completed counts)."""
+        if delta == 0 or self.trainer is None:
+            return
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        for tracker in (progress.current, progress.total):
+            for name in ("ready", "started", "processed", "completed"):
+                setattr(tracker, name, getattr(tracker, name) + delta)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         meta = batch.pop("_loader", None) if isinstance(batch, dict) else None
@@ -176,14 +212,35 @@ class CLIPDataModule(L.LightningDataModule):
             torch.distributed.all_gather_object(gathered, cursors[0])
             cursors = gathered
         return {"epoch": int(self.epoch), "consumed": int(self.consumed), "world_size": int(world),
-                "num_workers": int(self.cfg.num_workers), "cursors": cursors}
+                "num_workers": int(self.cfg.num_workers), "batch_size": int(self.batch_size),
+                "cursors": cursors, "elastic": None if self._elastic is None else asdict(self._elastic)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         world, _ = self._world()
-        for k, now in (("world_size", world), ("num_workers", self.cfg.num_workers)):
-            if int(state[k]) != now:
-                raise ValueError(f"data loader state was saved with {k}={state[k]} but this run has {now}; "
-                                 "exact resume needs the same ranks and data.num_workers")
-        self._pending = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"]),
-                         "cursors": [list(map(int, c)) for c in state["cursors"]]}
+        # Checkpoints from before elastic resume carry no batch size: it was the same as now or refused.
+        saved = (int(state["world_size"]), int(state["num_workers"]), int(state.get("batch_size", self.batch_size)))
+        now = (world, int(self.cfg.num_workers), int(self.batch_size))
+        elastic = state.get("elastic")
+        elastic = None if elastic is None else ElasticPlan(**elastic)
+        cursors = [list(map(int, c)) for c in state["cursors"]]
+        switch = None
+        if saved != now:
+            if elastic is not None:
+                raise ValueError(
+                    f"data loader state was saved while finishing an epoch that had been resumed on another "
+                    f"topology (world_size={saved[0]}, data.num_workers={saved[1]}, data.batch_size={saved[2]}); "
+                    f"this run has world_size={now[0]}, num_workers={now[1]}, batch_size={now[2]}. Resume once more "
+                    "with the saved topology until that epoch ends, or from a checkpoint of an earlier epoch end")
+            samples = int(state["consumed"]) * saved[2] * saved[0]  # consumed over all old ranks
+            offset, extra = divmod(samples, now[2] * now[0])
+            if extra:
+                log.warning("elastic resume: the %d samples consumed this epoch are not a whole number of batches "
+                            "of %d x %d ranks (the global batch changed?); the epoch's batch count is rounded down",
+                            samples, now[2], now[0])
+            switch = ElasticPlan(world_size=saved[0], num_workers=max(1, saved[1]), cursors=cursors,
+                                 consumed=int(state["consumed"]), batch_size=saved[2], offset=offset)
+            log.info("resuming epoch %d on world_size=%d, data.num_workers=%d, data.batch_size=%d (saved on %d, %d, %d): "
+                     "the rest of the epoch is re-dealt to the new readers", int(state["epoch"]), *now, *saved)
+        self._pending = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"]), "cursors": cursors,
+                         "elastic": elastic, "switch": switch}
         self.epoch, self.consumed = self._pending["epoch"], self._pending["consumed"]

@@ -30,7 +30,7 @@ from clipl.data.skip import BadSample, SkipCounter
 from clipl.data.transforms import decode_image
 
 Tokenizer = Callable[[list, int], torch.Tensor]
-_SHUFFLE_STREAM, _RESAMPLE_STREAM, _PLAN_STREAM, _MIX_STREAM = 1, 2, 3, 4  # distinct RNG streams per purpose
+_SHUFFLE_STREAM, _RESAMPLE_STREAM, _PLAN_STREAM, _MIX_STREAM, _ELASTIC_STREAM = 1, 2, 3, 4, 5  # distinct RNG streams
 Unit = tuple[int, int, int]  # (shard index, part, parts): every `parts`-th sample of a shard from `part`
 
 
@@ -40,6 +40,31 @@ class ResumePoint:
 
     consumed: int
     cursors: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ElasticPlan:
+    """The rest of an epoch that was started on another topology (world size, workers, batch size).
+
+    Old reader g = rank * workers + worker had taken ``cursors[rank][worker]`` raw samples out of its
+    shuffle buffer when the checkpoint was written. What remains of the epoch is, for every old reader
+    in order, the rest of its first pass over its shards, in the order it would have produced them:
+    concatenated, this is one sequence that every new reader can rebuild; new rank r takes its items
+    r, r + W', r + 2W', ... and its workers take consecutive batch-sized chunks of those in turn. So no
+    sample is taken twice and none is left out, whatever the new topology; the order differs from the
+    uninterrupted run's.
+    """
+
+    world_size: int
+    num_workers: int
+    cursors: list[list[int]]
+    consumed: int
+    """Batches each old rank had consumed (Lightning's restored batch count in this epoch)."""
+    batch_size: int
+    """The old per-rank loader batch size."""
+    offset: int
+    """The same consumed part in batches of the new topology (the epoch's batch index continues from
+    here)."""
 
 
 def shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
@@ -77,6 +102,7 @@ class CLIPStream(IterableDataset):
         self.epoch, self.rank, self.world_size = 0, 0, 1
         self.num_workers = max(1, cfg.num_workers)
         self.resume: Optional[ResumePoint] = None
+        self.elastic: Optional[ElasticPlan] = None
         if weights is not None:
             if len(weights) != len(sources):
                 raise ValueError(f"{field}_weights has {len(weights)} entries for {len(sources)} sources")
@@ -104,6 +130,10 @@ class CLIPStream(IterableDataset):
         return max(1, per)
 
     def __len__(self) -> int:
+        if self.train and self.elastic is not None:
+            # Lightning restores the epoch's batch count (converted to this topology's batches) and ends
+            # the epoch when it reaches len(): the consumed part plus what remains.
+            return self.elastic.offset + self.elastic_batches()
         if self.train:
             return self.batches_per_worker() * self.num_workers
         if any(n is None for n in self.sizes):
@@ -125,10 +155,11 @@ class CLIPStream(IterableDataset):
                 f"{self.field}: {known} samples for {self.world_size} ranks x data.num_workers={self.num_workers} "
                 f"= {need} readers; use fewer data.num_workers, or data.resampled=true")
 
-    def _units(self) -> list[Unit]:
+    def _units(self, readers: Optional[int] = None) -> list[Unit]:
         """What is dealt to the readers: whole shards, or each shard cut into k parts when there are
         fewer shards than readers (every reader then reads the shard and keeps every k-th sample)."""
-        readers, n = self.world_size * self.num_workers, len(self.shards)
+        readers = self.world_size * self.num_workers if readers is None else readers
+        n = len(self.shards)
         # k parts per shard so that n * k is a multiple of the readers: every reader gets as many parts.
         k = 1 if n >= readers else readers // math.gcd(n, readers)
         return [(j, p, k) for j in range(n) for p in range(k)]
@@ -187,17 +218,22 @@ class CLIPStream(IterableDataset):
                 live[pick][1] -= 1
             yield item
 
-    def _train_passes(self, worker: int, counter: SkipCounter) -> Iterator[Iterator]:
+    def _train_passes(self, worker: int, counter: SkipCounter, rank: Optional[int] = None,
+                      world_size: Optional[int] = None, num_workers: Optional[int] = None) -> Iterator[Iterator]:
         """Endless sequence of passes over one worker's shards (one pass each, freshly permuted).
 
         Passes are shuffled separately so the buffer's read-ahead never pulls the next pass's
         (repeated) samples into this one: a worker with enough data never repeats a sample in an epoch.
+        ``rank``/``world_size``/``num_workers`` select another topology's reader (elastic resume).
         """
-        G, g = self.world_size * self.num_workers, self.rank * self.num_workers + worker
+        rank = self.rank if rank is None else rank
+        K = self.num_workers if num_workers is None else num_workers
+        G = (self.world_size if world_size is None else world_size) * K
+        g = rank * K + worker
         if self.cfg.resampled:
             yield self._resampled_raw(g, counter)
             return
-        units = self._units()
+        units = self._units(G)
         for pass_index in range(1_000_000):
             order = self._rng(_PLAN_STREAM, pass_index).permutation(len(units))
             mine = self._deal(units, order, G)[g]
@@ -214,13 +250,13 @@ class CLIPStream(IterableDataset):
                 raise RuntimeError(f"{self.field}: worker {g} read no samples from its shards "
                                    f"{[self.shards[j][1] for j, _, _ in mine]} (all missing or unreadable)")
 
-    def _resampled_raw(self, g: int, counter: SkipCounter) -> Iterator:
+    def _resampled_raw(self, g: int, counter: SkipCounter, stream: int = _RESAMPLE_STREAM) -> Iterator:
         per_source = np.array([len(s.shards) for s in self.sources], np.float64)
         w = np.ones(len(self.sources)) if self.weights is None else np.asarray(self.weights, np.float64)
         # A source's share of draws is its weight; within a source every shard is equally likely.
         p = np.concatenate([np.full(int(n), wi / n) for wi, n in zip(w, per_source)])
         p /= p.sum()
-        rng = self._rng(_RESAMPLE_STREAM, self.rank, g)
+        rng = self._rng(stream, self.rank, g)
         empty = 0
         while True:
             got = False
@@ -230,6 +266,60 @@ class CLIPStream(IterableDataset):
             empty = 0 if got else empty + 1
             if empty >= 100:
                 raise RuntimeError(f"{self.field}: 100 resampled shards in a row gave no samples")
+
+    # ------------------------------------------------------------------ elastic resume
+    def _old_reader_rest(self, plan: ElasticPlan, g: int) -> Iterator:
+        """Old reader g's raw samples after its cursor, to the end of its first pass, in its order."""
+        rank, worker = divmod(g, plan.num_workers)
+        rng = self._rng(_SHUFFLE_STREAM, rank, worker)
+        first_pass = next(self._train_passes(worker, SkipCounter(1.0), rank, plan.world_size, plan.num_workers))
+        stream = shuffle_buffer(first_pass, self.cfg.shuffle_buffer, rng)
+        for _ in range(plan.cursors[rank][worker]):  # replay what that reader had consumed, no decoding
+            if next(stream, None) is None:
+                return
+        yield from stream
+
+    def _elastic_remaining(self) -> int:
+        """Raw samples left in the epoch over all old readers (from the shard sizes)."""
+        plan = self.elastic
+        if self.cfg.resampled:  # draws with replacement: what is left is a count, not a set of samples
+            return max(0, self.epoch_size - plan.consumed * plan.batch_size * plan.world_size)
+        if any(n is None for n in self.sizes):
+            raise ValueError(f"{self.field}: resuming on another topology needs every shard's size "
+                             "(sizes.json or *_stats.json next to the shards)")
+        K = plan.num_workers
+        G = plan.world_size * K
+        units = self._units(G)
+        order = self._rng(_PLAN_STREAM, 0).permutation(len(units))  # the epoch's first pass
+        left = 0
+        for g, mine in enumerate(self._deal(units, order, G)):
+            first_pass = sum(self._unit_size(u) for u in mine)
+            left += max(0, first_pass - plan.cursors[g // K][g % K])
+        return left
+
+    def elastic_batches(self) -> int:
+        """Batches each new rank yields for the rest of an elastically resumed epoch: its equal share of
+        what is left, in whole batches (exact when the rest divides by ranks x batch size, as it does
+        when the global batch is kept: the rest is then a whole number of global batches)."""
+        return self._elastic_remaining() // self.world_size // self.batch_size
+
+    def _elastic_stream(self, worker: int) -> Iterator:
+        """This reader's share of the old readers' rests, concatenated: rank r takes items r, r + W', ...;
+        within the rank, consecutive batch-sized chunks go to the workers in turn, the order in which the
+        DataLoader collects their batches. Repeated from its start only if bad samples leave it short."""
+        plan = self.elastic
+        W, B, K = self.world_size, self.batch_size, self.num_workers
+        if self.cfg.resampled:  # fresh draws, from RNG streams no reader of either topology used
+            yield from self._resampled_raw(self.rank * K + worker, SkipCounter(1.0), _ELASTIC_STREAM)
+            return
+        G_old = plan.world_size * plan.num_workers
+        while True:
+            i = 0
+            for g in range(G_old):
+                for item in self._old_reader_rest(plan, g):
+                    if i % W == self.rank and (i // W // B) % K == worker:
+                        yield item
+                    i += 1
 
     # ------------------------------------------------------------------ decoding and batching
     def _decode(self, si: int, key: str, members: dict):
@@ -263,16 +353,20 @@ class CLIPStream(IterableDataset):
         if not self.train:
             yield from self._iter_val(phys, counter)
             return
-        self.check_shards()
-        quota = self.batches_per_worker()
         resume = self.resume or ResumePoint(0)
         # Rotate logical worker ids so the DataLoader's round-robin continues where the stopped run was.
         worker = (phys + resume.consumed) % K
         done = max(0, -(-(resume.consumed - worker) // K))
         cursor = resume.cursors[worker] if resume.cursors else 0
-        rng = self._rng(_SHUFFLE_STREAM, self.rank, worker)
-        stream = (item for one in self._train_passes(worker, counter)
-                  for item in shuffle_buffer(one, self.cfg.shuffle_buffer, rng))
+        if self.elastic is not None:
+            quota = len(range(worker, self.elastic_batches(), K))  # this worker's turns among the rank's batches
+            stream = self._elastic_stream(worker)
+        else:
+            self.check_shards()
+            quota = self.batches_per_worker()
+            rng = self._rng(_SHUFFLE_STREAM, self.rank, worker)
+            stream = (item for one in self._train_passes(worker, counter)
+                      for item in shuffle_buffer(one, self.cfg.shuffle_buffer, rng))
         for _ in range(cursor):  # replay without decoding
             next(stream)
         counter.total.clear(), counter.flush()

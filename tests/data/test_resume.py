@@ -91,8 +91,95 @@ def test_resume_twice_in_one_epoch(shards):
     assert a + b + run_epoch(dm3) == ref
 
 
-def test_resume_with_other_worker_count_is_refused(shards):
-    dm = make(shards, 2)
-    run_epoch(dm, stop_after=2)
-    with pytest.raises(ValueError, match="num_workers=2 but this run has 0"):
-        make(shards, 0).load_state_dict(dm.state_dict())
+# ------------------------------------------------------------------ elastic resume (another topology)
+@pytest.fixture
+def even_shards(tmp_path):
+    """8 shards x 24 samples, sizes in sizes.json: every topology below divides the epoch evenly."""
+    import json
+
+    img = jpeg()
+    for s in range(8):
+        write_tar(tmp_path / f"e-{s}.tar", [(f"e{s}_{i:02d}", {"jpg": img, "txt": b"a caption"}) for i in range(24)])
+    (tmp_path / "sizes.json").write_text(json.dumps({f"e-{s}.tar": 24 for s in range(8)}))
+    return str(tmp_path / "e-{0..7}.tar")
+
+
+def make_ranked(pattern, world, rank, workers, batch):
+    cfg = DataConfig(train=pattern, batch_size=batch, num_workers=workers, shuffle_buffer=10)
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, seed=7, tokenizer=stand_in_tokenizer)
+    dm._world = lambda: (world, rank)  # a rank of a `world`-process run, without a process group
+    dm.setup()
+    return dm
+
+
+def flat(batches):
+    return [k for b in batches for k in b]
+
+
+# (world size, data.num_workers, loader batch) before and after; the global batch is kept, as the batch
+# plan keeps it (a changed accumulation keeps the loader batch).
+@pytest.mark.parametrize("old, new", [
+    ((2, 1, 4), (1, 2, 8)),   # 2 ranks -> 1 rank (global batch kept: micro-batch doubles), 1 -> 2 workers
+    ((2, 1, 4), (1, 1, 4)),   # 2 ranks -> 1 rank, global batch kept by accumulation (loader batch 4)
+    ((1, 2, 4), (2, 0, 2)),   # 1 rank, 2 workers -> 2 ranks without workers (micro-batch halves)
+    ((1, 0, 4), (1, 2, 4)),   # workers only
+])
+def test_elastic_resume_sees_every_sample_of_the_epoch_once(even_shards, old, new):
+    (w0, k0, b0), (w1, k1, b1) = old, new
+    all_keys = {f"e{s}_{i:02d}" for s in range(8) for i in range(24)}
+    stop = 5
+    first, cursors = [], []
+    for r in range(w0):  # segment 1: every old rank consumes `stop` batches, then the run dies
+        dm = make_ranked(even_shards, w0, r, k0, b0)
+        first += flat(run_epoch(dm, stop_after=stop))
+        cursors.append(dm.state_dict()["cursors"][0])
+    assert len(first) == w0 * stop * b0
+    state = roundtrip({**dm.state_dict(), "cursors": cursors})  # what rank 0 writes (cursors gathered)
+    rest, lengths = [], []
+    for r in range(w1):  # segment 2 on the new topology
+        dm = make_ranked(even_shards, w1, r, k1, b1)
+        dm.load_state_dict(state)
+        got = run_epoch(dm)
+        lengths.append(len(got))
+        rest += flat(got)
+        offset = stop * b0 * w0 // (b1 * w1)  # the consumed part in new batches
+        assert len(dm._train) == offset + len(got)  # Lightning's epoch length: consumed + the rest
+        assert dm.epoch == 0 and dm.state_dict()["elastic"] is not None
+        # the epoch after it is an ordinary one on the new topology
+        nxt = run_epoch(dm)
+        assert dm.epoch == 1 and dm.state_dict()["elastic"] is None and len(nxt) == dm.batches_per_epoch
+    assert len(set(lengths)) == 1  # every rank steps the same number of times
+    assert sorted(first + rest) == sorted(all_keys)  # each sample of the epoch exactly once
+
+
+def test_elastic_rest_interrupted_again_resumes_exactly(even_shards):
+    dm = make_ranked(even_shards, 1, 0, 2, 4)
+    first = flat(run_epoch(dm, stop_after=7))
+    state_old = roundtrip(dm.state_dict())
+    ref = make_ranked(even_shards, 1, 0, 1, 4)
+    ref.load_state_dict(state_old)
+    ref_rest = flat(run_epoch(ref))
+    a = make_ranked(even_shards, 1, 0, 1, 4)
+    a.load_state_dict(state_old)
+    part = flat(run_epoch(a, stop_after=3))
+    mid = roundtrip(a.state_dict())
+    b = make_ranked(even_shards, 1, 0, 1, 4)
+    b.load_state_dict(mid)
+    assert part + flat(run_epoch(b)) == ref_rest
+    assert sorted(first + ref_rest) == sorted(f"e{s}_{i:02d}" for s in range(8) for i in range(24))
+    with pytest.raises(ValueError, match="resumed on another topology"):
+        make_ranked(even_shards, 1, 0, 2, 4).load_state_dict(mid)
+
+
+def test_zero_checkpoint_on_another_world_size_is_refused_naming_the_conversion(tmp_path):
+    from clipl.config import ConfigError, parse
+    from clipl.run import check_zero_world_size, load_recipe
+
+    ckpt = tmp_path / "step=000000010.ckpt" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    for r in range(2):
+        (ckpt / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    cfg = parse(load_recipe("quickstart").config(), ["trainer.devices=1"])
+    with pytest.raises(ConfigError, match=r"written by 2 ranks and this run has 1.*clipl convert.*ds_to_universal"):
+        check_zero_world_size(ckpt.parent, cfg)
+    check_zero_world_size(ckpt.parent, parse(load_recipe("quickstart").config(), ["trainer.devices=2"]))
