@@ -184,9 +184,7 @@ def config_problems(cfg: Any, own_data: bool = False) -> list[Problem]:
             problems += check_eval_spec(spec, f"eval.{task}[{i}]")
     problems += check_hardware(cfg.trainer)
     problems += check_checkpoint(cfg.checkpoint.resume, "checkpoint.resume")
-    init_from = getattr(cfg.model, "init_from", None)  # model.init_from (weights' import) where present
-    if isinstance(init_from, str) and not init_from.startswith(("openai:", "open_clip:", "hf-hub:")):
-        problems += check_checkpoint(init_from, "model.init_from")
+    problems += check_checkpoint(cfg.model.init_from, "model.init_from")
     problems += check_out_dir(cfg.out_dir)
     return problems
 

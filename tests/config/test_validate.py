@@ -100,10 +100,11 @@ def test_all_problems_are_reported_together(tmp_path, capsys, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     rc = cli.main(["run", "quickstart", f"data.train={tmp_path}/x/{{0..3}}.tar", "data.val=/nope/val.csv",
                    f"eval.linear_probe=[shapes,{tmp_path}/probe]", "eval.zeroshot=[shapes:size]",
-                   "--accelerator", "cuda", "checkpoint.resume=/nope/step=1.ckpt", f"out_dir={tmp_path}/a_file/r"])
+                   "--accelerator", "cuda", "checkpoint.resume=/nope/step=1.ckpt", "model.init_from=/nope/w.pt",
+                   f"out_dir={tmp_path}/a_file/r"])
     err = capsys.readouterr().err
     fields = ["data.train", "data.val", "eval.zeroshot[0]", "eval.linear_probe[1]", "trainer.accelerator",
-              "checkpoint.resume", "out_dir"]
+              "checkpoint.resume", "model.init_from", "out_dir"]
     _check(rc, err, fields, 0.0, tmp_path / "a_file" / "r")
     # and bad overrides are all reported, not only the first
     rc = cli.main(["config", "quickstart", "trainer.max_stepz=1", "optim.lr=fast", "model=nope", "oops"])

@@ -105,8 +105,8 @@ def even_shards(tmp_path):
 
 
 def make_ranked(pattern, world, rank, workers, batch):
-    cfg = DataConfig(train=pattern, batch_size=batch, num_workers=workers, shuffle_buffer=10)
-    dm = CLIPDataModule(cfg, image_size=16, context_length=8, seed=7, tokenizer=stand_in_tokenizer)
+    cfg = DataConfig(train=pattern, num_workers=workers, shuffle_buffer=10)
+    dm = CLIPDataModule(cfg, image_size=16, context_length=8, seed=7, tokenizer=stand_in_tokenizer, batch_size=batch)
     dm._world = lambda: (world, rank)  # a rank of a `world`-process run, without a process group
     dm.setup()
     return dm
