@@ -61,7 +61,7 @@ def from_open_clip_cfg(model_cfg: dict, source: str = "open_clip config") -> Mod
             raise ValueError(f"{source}: non-square image_size {size} (clipl's towers are square)")
         size = size[0]
     head_width = vision.get("head_width", 64)
-    width = vision.get("width", 768 if not isinstance(vision.get("layers"), (list, tuple)) else 64)
+    width = vision.get("width", 768)  # open_clip's CLIPVisionCfg default, for ResNets too
     if isinstance(vision.get("layers"), (list, tuple)):
         image: Any = ModifiedResNetConfig(image_size=size, layers=list(vision["layers"]), width=width,
                                           heads=width * 32 // head_width)

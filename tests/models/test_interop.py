@@ -75,19 +75,31 @@ def _same_embeddings(a, b, images, tokens, encode_b=None):
     _close(ref[1], out[1], "text features")
 
 
+def _export(model, tmp_path, fmt: str, name: str):
+    """Through `clipl export` from a file (tiny and custom models); the big OpenAI presets skip the
+    intermediate file and rebuild (the same writers, half the time)."""
+    if name not in OPENAI:
+        return export(export_state_dict(model, tmp_path / "w.safetensors"), tmp_path / fmt, fmt)
+    from clipl.models.hf_format import write_hf_dir
+    from clipl.models.open_clip_format import write_open_clip_dir
+
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    write = write_open_clip_dir if fmt == "open_clip" else write_hf_dir
+    return write(tmp_path / fmt, model.config, sd)
+
+
 # ----------------------------------------------------------------------------------- open_clip
 @pytest.mark.parametrize("name", list(_params([*list_presets(), *CUSTOM], OPENAI)))
 def test_export_open_clip_local_dir(tmp_path, name):
     model = _model(name)
-    src = export_state_dict(model, tmp_path / "w.safetensors")
-    out = export(src, tmp_path / "oc", "open_clip")
+    out = _export(model, tmp_path, "open_clip", name)
     cfg = json.loads((out / "open_clip_config.json").read_text())
     assert cfg["model_cfg"]["quick_gelu"] == (model.config.text.act == "quick_gelu")
     assert cfg["preprocess_cfg"]["size"] == model.image_size
     ref, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     ref.eval()
     assert preprocess.transforms[0].size == model.image_size
-    images, tokens = _inputs(model)
+    images, tokens = _inputs(model, n=1 if name in OPENAI else 2)
     _same_embeddings(model, ref, images, tokens)
     del ref, model
 
@@ -180,9 +192,9 @@ def test_hf_both_ways(tmp_path, name):
     from clipl.models.hf_format import to_hf_config
 
     model = _model(name)
-    out = export(export_state_dict(model, tmp_path / "w.safetensors"), tmp_path / "hf", "hf")
+    out = _export(model, tmp_path, "hf", name)
     hf = transformers.CLIPModel.from_pretrained(str(out)).eval()
-    images, tokens = _inputs(model)
+    images, tokens = _inputs(model, n=1 if name in OPENAI else 2)
     _same_embeddings(model, hf, images, tokens, _hf_features)
     del hf
     # transformers -> clipl: a randomly initialised CLIPModel of the same architecture.
@@ -246,3 +258,28 @@ def test_export_cli(tmp_path, capsys):
     assert main(["export", str(bare), str(tmp_path / "oc"), "--format", "open_clip"]) == 2
     assert "--model NAME" in capsys.readouterr().err and not (tmp_path / "oc").exists()
     assert main(["export", str(bare), str(tmp_path / "oc"), "--format", "open_clip", "--model", "tiny_vit"]) == 0
+
+
+@pytest.mark.parametrize("name", [n for n in list_presets() if not n.startswith("tiny_")])
+def test_open_clip_configs_map_to_presets(name):
+    """Cheap, every OpenAI preset: open_clip's own config of the model names it, both ways."""
+    from clipl.models.layers import resolve_heads
+    from clipl.models.open_clip_format import from_open_clip_cfg, to_open_clip_cfg
+    from zoo_reference import OPENCLIP_NAMES
+
+    theirs = open_clip.get_model_config(f"{OPENCLIP_NAMES[name]}-quickgelu")
+    ours = preset(name)
+    got = from_open_clip_cfg(theirs)
+    image = dataclasses.replace(ours.image, heads=got.image.heads)
+    text = dataclasses.replace(ours.text, heads=got.text.heads)
+    assert got == dataclasses.replace(ours, image=image, text=text)
+    width = ours.image.width * (32 if ours.image.arch == "modified_resnet" else 1)
+    assert got.image.heads == resolve_heads(None, width // 64, width) and got.text.heads == ours.text.width // 64
+    exported = to_open_clip_cfg(ours)
+    assert exported["quick_gelu"] is True and exported["embed_dim"] == theirs["embed_dim"]
+    for key in ("width", "layers", "image_size", "head_width", "patch_size"):
+        assert exported["vision_cfg"].get(key) == theirs["vision_cfg"].get(key, exported["vision_cfg"].get(key)), key
+    assert {k: exported["text_cfg"][k] for k in theirs["text_cfg"]} == theirs["text_cfg"]
+    # The GELU name (LAION weights) maps to the same sizes with GELU in both towers.
+    gelu = from_open_clip_cfg(open_clip.get_model_config(OPENCLIP_NAMES[name]))
+    assert gelu.text.act == "gelu" and getattr(gelu.image, "act", "gelu") == "gelu"
