@@ -32,7 +32,12 @@ def config() -> RunConfig:
         # only 500 did no better than the zero-shot classifier.
         data=DataConfig(train="shapes", num_workers=2, caption_key="json:captions",
                         shapes=ShapesConfig(caption_colour_prob=0.25, eval_size=4000)),
-        optim=OptimConfig(lr=2e-3, weight_decay=0.1, warmup_steps=50),
+        # Adam betas (0.9, 0.98) and eps 1e-6 on this ResNet, on purpose, not the paper's ResNet
+        # (0.9, 0.999) / 1e-8: those are for 32-epoch runs. In an 800-step run at lr 2e-3, beta2 = 0.98
+        # averages squared gradients over ~50 steps (0.999: ~1000, longer than the run), so the step
+        # size follows the gradient scale as the loss falls. The README's 83.1% was measured with
+        # these values; the ResNet ones were not measured for this recipe.
+        optim=OptimConfig(lr=2e-3, weight_decay=0.1, warmup_steps=50, betas=[0.9, 0.98], eps=1e-6),
         # channels_last: the ResNet's convolutions run ~15% faster on CPU.
         trainer=TrainerConfig(accelerator="cpu", devices="1", micro_batch_size=128, max_steps=800,
                               log_every_n_steps=20, channels_last=True),
