@@ -228,9 +228,10 @@ class CLIPDataModule(L.LightningDataModule):
             if elastic is not None:
                 raise ValueError(
                     f"data loader state was saved while finishing an epoch that had been resumed on another "
-                    f"topology (world_size={saved[0]}, data.num_workers={saved[1]}, data.batch_size={saved[2]}); "
-                    f"this run has world_size={now[0]}, num_workers={now[1]}, batch_size={now[2]}. Resume once more "
-                    "with the saved topology until that epoch ends, or from a checkpoint of an earlier epoch end")
+                    f"topology (world_size={saved[0]}, data.num_workers={saved[1]}, per-device batch={saved[2]}); "
+                    f"this run has world_size={now[0]}, num_workers={now[1]}, per-device batch={now[2]}. Resume "
+                    "once more with the saved topology until that epoch ends, or from a checkpoint of an earlier "
+                    "epoch end")
             samples = int(state["consumed"]) * saved[2] * saved[0]  # consumed over all old ranks
             offset, extra = divmod(samples, now[2] * now[0])
             if extra:
@@ -239,8 +240,8 @@ class CLIPDataModule(L.LightningDataModule):
                             samples, now[2], now[0])
             switch = ElasticPlan(world_size=saved[0], num_workers=max(1, saved[1]), cursors=cursors,
                                  consumed=int(state["consumed"]), batch_size=saved[2], offset=offset)
-            log.info("resuming epoch %d on world_size=%d, data.num_workers=%d, data.batch_size=%d (saved on %d, %d, %d): "
-                     "the rest of the epoch is re-dealt to the new readers", int(state["epoch"]), *now, *saved)
+            log.info("resuming epoch %d on world_size=%d, data.num_workers=%d, per-device batch=%d (saved on %d, "
+                     "%d, %d): the rest of the epoch is re-dealt to the new readers", int(state["epoch"]), *now, *saved)
         self._pending = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"]), "cursors": cursors,
                          "elastic": elastic, "switch": switch}
         self.epoch, self.consumed = self._pending["epoch"], self._pending["consumed"]
