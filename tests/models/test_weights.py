@@ -205,3 +205,25 @@ def test_bad_files_have_clear_errors(tmp_path):
         load_state_dict_file(tmp_path / "empty.pt")
     with pytest.raises(ValueError, match="cannot infer the image tower"):
         infer_model_config({"foo.weight": torch.zeros(1)})
+
+
+def test_clipl_checkpoint_rebuilds_the_runs_exact_model(tmp_path):
+    """A run's .ckpt: heads (tiny_rn: 4, not the width rule's 8) and a SigLIP objective's logit bias
+    come from the stored run config, with no preset."""
+    from clipl.config.io import to_container
+    from clipl.config.schema import RunConfig
+    from clipl.module import CLIPModule
+    from clipl.objectives.sigmoid import SigLipLossConfig
+
+    cfg = RunConfig(model=preset("tiny_rn"), objective=SigLipLossConfig())
+    system = CLIPModule(cfg)
+    system.configure_model()
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": system.state_dict(), "hyper_parameters": {"config": to_container(cfg)},
+                "global_step": 3}, path)
+    loaded = load_model(path)
+    assert loaded.visual.attnpool.heads == 4 and loaded.logit_bias is not None
+    assert torch.equal(loaded.logit_bias, system.model.logit_bias)
+    inputs = _inputs(loaded)
+    for a, b in zip(_encode(system.model, *inputs), _encode(loaded, *inputs)):
+        assert torch.equal(a, b)
