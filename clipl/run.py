@@ -213,6 +213,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.callbacks.throughput import PerfMonitor
     from clipl.checkpointing import checkpoint_callbacks, checkpoint_io
     from clipl.module import CLIPModule
+    from clipl.slurm import SlurmRequeue
     from clipl.progress import progress_bar
     from clipl.summary import RunSummary
     from clipl.tracking import build_loggers
@@ -238,7 +239,8 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
     if callable(getattr(module, "callbacks", None)):
         callbacks += list(module.callbacks(cfg))
-    callbacks.append(summary)
+    requeue = SlurmRequeue()  # SLURM's requeue signal: checkpoint at a step boundary, requeue, exit 143
+    callbacks += [requeue, summary]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(progress_bar())  # short metric names; Lightning's own bar otherwise
     loggers = build_loggers(cfg.logging, out_dir, to_container(cfg))
@@ -263,6 +265,10 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     stopped = "stopped by SIGTERM: checkpoint saved, the same command resumes"
     try:
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path)
+        if requeue.saved is not None:
+            status = f"stopped by SLURM's requeue signal: {requeue.saved} saved, " + (
+                "job requeued" if requeue.requeued else "requeue failed: resubmit the same command")
+            return SIGTERM_EXIT
         status = stopped if trainer.received_sigterm else "finished"
     except SIGTERMException:
         status = stopped
