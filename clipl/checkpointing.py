@@ -9,9 +9,9 @@ Retention is one policy over every kind (:class:`Retention`): after each complet
 the best ``top_k`` are kept by their own callback, everything older is deleted. So the folder holds at
 most ``keep_last`` + ``top_k`` checkpoints and ``last.ckpt``, whatever the run's length.
 
-Files are written to a temporary name and renamed (atomic), in a background thread unless
-``checkpoint.async_save=false`` or under DeepSpeed (which writes its own folders): training goes on
-while a checkpoint is written, and every write is complete before ``run()`` returns. A checkpoint that
+Files are written to a temporary name and renamed (atomic), on GPUs in a background thread
+(``checkpoint.async_save``; not under DeepSpeed, which writes its own folders): training goes on while
+a checkpoint is written, and every write is complete before ``run()`` returns. A checkpoint that
 is unreadable all the same is skipped with a warning when resuming, never deleted by that search.
 """
 
@@ -212,13 +212,16 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
         self.teardown()
 
 
-def checkpoint_io(cfg: CheckpointConfig, out_dir: str | Path, callbacks: list[L.Callback], deepspeed: bool):
-    """The checkpoint IO plugin of a run (None under DeepSpeed, which writes its own folders)."""
+def checkpoint_io(cfg: CheckpointConfig, out_dir: str | Path, callbacks: list[L.Callback], deepspeed: bool,
+                  on_gpu: bool = False):
+    """The checkpoint IO plugin of a run (None under DeepSpeed, which writes its own folders);
+    background writes when ``cfg.async_save`` says so (None: when training on GPUs)."""
     if deepspeed:
         return None
     retention = next(cb.retention for cb in callbacks if isinstance(cb, PreemptionCheckpoint))
     atomic = AtomicCheckpointIO(on_saved=retention.published)
-    return BackgroundCheckpointIO(atomic) if cfg.async_save else atomic
+    background = on_gpu if cfg.async_save is None else cfg.async_save
+    return BackgroundCheckpointIO(atomic) if background else atomic
 
 
 class PreemptionCheckpoint(L.Callback):

@@ -217,6 +217,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.progress import progress_bar
     from clipl.summary import RunSummary
     from clipl.tracking import build_loggers
+    from clipl.distributed.world import uses_cuda
     from clipl.trainer import build_trainer
 
     # Transitional (issue #14): until CLIPModule takes the plan and splits batches into micro-batches
@@ -234,7 +235,8 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     system = CLIPModule(cfg, plan=plan) if module_takes_plan else CLIPModule(cfg)
     data = build_datamodule(module, cfg, plan)
     saving = checkpoint_callbacks(cfg.checkpoint, out_dir)
-    io = checkpoint_io(cfg.checkpoint, out_dir, saving, deepspeed=cfg.trainer.strategy == "deepspeed")
+    io = checkpoint_io(cfg.checkpoint, out_dir, saving, deepspeed=cfg.trainer.strategy == "deepspeed",
+                       on_gpu=uses_cuda(cfg.trainer))
     callbacks = saving + [PerfMonitor.from_config(cfg)]
     callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
     if callable(getattr(module, "callbacks", None)):

@@ -4,8 +4,8 @@ where its results are.
 Throughput is measured here, not read from the ``perf/*`` metrics: it covers the whole session after
 a warm-up (the first 10% of the steps, at most 10, which carry loader start-up and kernel
 autotuning), not the last logging window. Data wait is the share of that time spent between one
-training batch's end and the next one's start (waiting for the loader), validation and epoch switches
-left out.
+training batch's end and the next one's start (waiting for the loader, and writing checkpoints when
+they are not written in the background), validation and epoch switches left out.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class RunSummary(L.Callback):
         if self.warm_at is not None and self.warm_samples:
             busy = self._training_end - self.warm_at
             rows.append(("samples/s", f"{self.warm_samples / busy:,.1f} (mean after the first {self.warmup} step{'s' if self.warmup > 1 else ''})"))
-            rows.append(("data wait", f"{self.wait / busy:.1%} of that time waiting for the loader"))
+            rows.append(("data wait", f"{self.wait / busy:.1%} of that time between steps (loader, checkpoint writes)"))
         if self.loss is not None:
             rows.append(("final loss", f"{self.loss:.4g}"))
         for group in sorted(self.evals):

@@ -116,7 +116,7 @@ def test_end_of_run_is_saved_between_periodic_saves(tmp_path):
 
 def test_background_save_is_a_snapshot_of_its_step(tmp_path):
     """The weights in each file are those of its step, though training went on while it was written."""
-    cfg = CheckpointConfig(every_n_steps=1, keep_last=-1, save_on_epoch_end=False)
+    cfg = CheckpointConfig(every_n_steps=1, keep_last=-1, save_on_epoch_end=False, async_save=True)
     _fit(tmp_path, cfg, steps=6, epoch_len=6)
     ref_dir = tmp_path / "sync"
     _fit(ref_dir, CheckpointConfig(every_n_steps=1, keep_last=-1, save_on_epoch_end=False, async_save=False),
@@ -140,3 +140,13 @@ def test_resume_skips_last_link_and_stale_temp_files_are_pruned(tmp_path):
     (folder / ".step=000000001.ckpt.tmp").write_bytes(b"half a checkpoint")  # a kill mid-write
     _fit(tmp_path, cfg, steps=4, epoch_len=8)
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step=000000002.ckpt", "step=000000004.ckpt"]
+
+
+@pytest.mark.parametrize("async_save, on_gpu, background", [(None, True, True), (None, False, False),
+                                                           (True, False, True), (False, True, False)])
+def test_background_writes_by_default_on_gpu_only(tmp_path, async_save, on_gpu, background):
+    cfg = CheckpointConfig(async_save=async_save)
+    plugin = checkpoint_io(cfg, tmp_path, checkpoint_callbacks(cfg, tmp_path), deepspeed=False, on_gpu=on_gpu)
+    assert isinstance(plugin, BackgroundCheckpointIO) == background and isinstance(plugin, (AtomicCheckpointIO,
+                                                                                             BackgroundCheckpointIO))
+    assert checkpoint_io(cfg, tmp_path, checkpoint_callbacks(cfg, tmp_path), deepspeed=True, on_gpu=on_gpu) is None

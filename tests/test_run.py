@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from clipl.checkpointing import find_resume_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "clipl.cli"]
 
@@ -241,3 +243,16 @@ def test_resume_refuses_a_different_model_config(tmp_path):
     # Other sections may change: continuing for more steps resumes and keeps the old config aside.
     cli(["run", "quickstart", *args[:-2], "trainer.max_steps=4", "data.num_workers=0", f"out_dir={tmp_path}"])
     assert len(list(tmp_path.glob("config.*.yaml"))) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_the_summary_with_complete_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli(["run", str(_recipe(tmp_path)), f"out_dir={run_dir}", *TINY, "trainer.max_steps=14"],
+               env={"CLIPL_TEST_SIGNAL_AT": "4", "CLIPL_TEST_SIGNAL": "SIGINT"}, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # Lightning's graceful Ctrl-C shutdown exits 1
+    assert "clipl run summary" in proc.stdout and "interrupted (Ctrl-C)" in proc.stdout, proc.stdout[-3000:]
+    # The step-3 checkpoint written in the background is complete, and last.ckpt names it.
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.resolve().name == "step=000000003.ckpt"
+    assert find_resume_checkpoint(run_dir) == run_dir / "checkpoints" / "step=000000003.ckpt"
