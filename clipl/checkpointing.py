@@ -139,6 +139,11 @@ class _Saver(ModelCheckpoint):
         super().__init__(**kwargs)
         self.retention, self.final = retention, final
 
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath) -> None:
+        # Lightning warns when the folder already holds files. Here it always does on resume, by
+        # design: the savers share it and the Retention decides what stays. Nothing to warn about.
+        pass
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         _save(trainer, Path(filepath), self.retention, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step

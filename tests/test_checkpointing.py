@@ -3,6 +3,7 @@ retention policy over all of them, last.ckpt, and writes in a background thread.
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
 
 import lightning as L
@@ -150,3 +151,13 @@ def test_background_writes_by_default_on_gpu_only(tmp_path, async_save, on_gpu, 
     assert isinstance(plugin, BackgroundCheckpointIO) == background and isinstance(plugin, (AtomicCheckpointIO,
                                                                                              BackgroundCheckpointIO))
     assert checkpoint_io(cfg, tmp_path, checkpoint_callbacks(cfg, tmp_path), deepspeed=True, on_gpu=on_gpu) is None
+
+
+def test_resuming_into_the_folder_does_not_warn_that_it_is_not_empty(tmp_path):
+    cfg = CheckpointConfig(every_n_steps=2, keep_last=2, save_on_epoch_end=False)
+    _fit(tmp_path, cfg, steps=2, epoch_len=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, cfg, steps=4, epoch_len=8)
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
+    assert (tmp_path / "checkpoints" / LAST).resolve().name == "step=000000004.ckpt"
