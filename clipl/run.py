@@ -207,6 +207,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
 
     quiet_install()  # before Lightning is imported: some of its messages come at import or Trainer() time
     import lightning as L
+    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from clipl.callbacks import build_eval_callbacks
@@ -243,8 +244,8 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
         callbacks += list(module.callbacks(cfg))
     requeue = SlurmRequeue()  # SLURM's requeue signal: checkpoint at a step boundary, requeue, exit 143
     callbacks += [requeue, summary]
-    if cfg.trainer.enable_progress_bar:
-        callbacks.append(progress_bar())  # short metric names; Lightning's own bar otherwise
+    if cfg.trainer.enable_progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        callbacks.append(progress_bar())  # short metric names (a recipe's own bar is kept instead)
     loggers = build_loggers(cfg.logging, out_dir, to_container(cfg))
     for logger in loggers:  # next to the config in every backend's hyperparameters (hparams.yaml, W&B)
         logger.log_hyperparams({"batch_plan": plan.to_dict()})

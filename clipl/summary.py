@@ -29,6 +29,10 @@ def _batch_size(batch: Any) -> int:
     return len(batch) if hasattr(batch, "__len__") else 0
 
 
+def _steps(n: int) -> str:
+    return "step" if n == 1 else f"{n} steps"
+
+
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
@@ -103,7 +107,7 @@ class RunSummary(L.Callback):
         rows.append(("wall time", _duration(now - self.started)))
         if self.warm_at is not None and self.warm_samples:
             busy = self._training_end - self.warm_at
-            rows.append(("samples/s", f"{self.warm_samples / busy:,.1f} (mean after the first {self.warmup} step{'s' if self.warmup > 1 else ''})"))
+            rows.append(("samples/s", f"{self.warm_samples / busy:,.1f} (mean after the first {_steps(self.warmup)})"))
             rows.append(("data wait", f"{self.wait / busy:.1%} of that time between steps (loader, checkpoint writes)"))
         if self.loss is not None:
             rows.append(("final loss", f"{self.loss:.4g}"))
