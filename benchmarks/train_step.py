@@ -9,22 +9,22 @@ Two levels, each interleaved in one process (rounds A B B A A B ...) so load dri
 - trainer: CLIPModule through lightning Trainer.fit (clipl.trainer.build_trainer), vs the same
   open_clip loop. Steps are timed between on_train_batch_end calls, so Trainer start-up is excluded.
 The figure is the ratio of median samples/s (clipl / open_clip; > 1 means clipl is faster).
-MFU = samples/s x 3 x forward FLOPs per sample (FlopCounterMode) / 989e12 (H100/H200 dense bf16).
+MFU = samples/s x training FLOPs per sample (clipl.flops.model_flops: forward + backward, plus the
+logits) / the device's peak dense FLOP/s (clipl.flops.device_peak_flops, or --peak-tflops).
+--json prints one JSON line per preset (benchmarks/gpu.sh reads those).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import statistics
 import tempfile
 import time
 
 import torch
-
-PEAK_FLOPS = 989e12
-
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -221,7 +221,7 @@ def forward_flops_per_sample(system, batch, precision, device) -> float:
 
 
 def bench(name: str, batch: int, precision: str, device: torch.device, steps: int, warmup: int, rounds: int,
-          trainer_rounds: int) -> dict:
+          trainer_rounds: int, peak_tflops: float | None = None) -> dict:
     system = build_clipl(name, precision, device)
     oc = build_open_clip(system, device)
     m = system.model
@@ -236,12 +236,17 @@ def bench(name: str, batch: int, precision: str, device: torch.device, steps: in
                                 trainer_rounds)
         result.update(trainer_clipl=statistics.median(tr_c), trainer_open_clip=statistics.median(tr_o),
                       rounds_trainer=[[round(c, 3), round(o, 3)] for c, o in zip(tr_c, tr_o)])
-    flops = forward_flops_per_sample(system, batches[0], precision, device)
-    result["fwd_gflops_per_sample"] = flops / 1e9
-    if device.type == "cuda":
+    from clipl.flops import device_peak_flops, model_flops
+
+    result["fwd_gflops_per_sample"] = forward_flops_per_sample(system, batches[0], precision, device) / 1e9
+    train_flops = model_flops(system.config.model, system.config.optim).train(batch)
+    result["train_gflops_per_sample"] = train_flops / 1e9
+    peak = device_peak_flops(device, precision, peak_tflops)
+    if peak:
+        result["peak_tflops"] = peak / 1e12
         for key in ("module_clipl", "module_open_clip", "trainer_clipl", "trainer_open_clip"):
             if key in result:
-                result[f"mfu_{key}"] = result[key] * 3 * flops / PEAK_FLOPS
+                result[f"mfu_{key}"] = result[key] * train_flops / peak
     del system, oc
     return result
 
@@ -257,6 +262,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="module-level rounds per side")
     parser.add_argument("--trainer-rounds", type=int, default=None, help="Trainer.fit rounds per side (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: clipl's table on CUDA)")
+    parser.add_argument("--json", action="store_true", help="one JSON line per preset instead of the table")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -267,9 +274,11 @@ def main(argv=None) -> None:
     presets = args.presets or (["vit_b32", "vit_b16"] if gpu else ["tiny_vit", "vit_b32"])
     batch = args.batch or (256 if gpu else 16)
     precision = args.precision or ("bf16-mixed" if gpu else "32-true")
-    print(f"device={device} batch={batch} precision={precision} torch={torch.__version__}")
+    if not args.json:
+        print(f"device={device} batch={batch} precision={precision} torch={torch.__version__}")
+    mfu = gpu or args.peak_tflops is not None
     header = "| preset | level | clipl samples/s | open_clip samples/s | ratio |" + (" MFU clipl | MFU open_clip |"
-                                                                                  if gpu else "")
+                                                                                  if mfu else "")
     rows = []
     for name in presets:
         big = name not in ("tiny_vit", "tiny_rn")
@@ -279,17 +288,25 @@ def main(argv=None) -> None:
         warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
         rounds = args.rounds or (6 if gpu else (2 if big else 6))
         trainer_rounds = args.trainer_rounds if args.trainer_rounds is not None else (4 if gpu else (2 if big else 4))
-        r = bench(name, batch, precision, device, steps, warmup, rounds, trainer_rounds)
+        r = bench(name, batch, precision, device, steps, warmup, rounds, trainer_rounds, args.peak_tflops)
+        if args.json:
+            for level in ("module", "trainer"):
+                if f"{level}_clipl" in r:
+                    r[f"ratio_{level}"] = r[f"{level}_clipl"] / r[f"{level}_open_clip"]
+            print(json.dumps({"case": "train_step", "device": str(device), **r}), flush=True)
+            continue
         print(r, flush=True)
         for level in ("module", "trainer"):
             if f"{level}_clipl" not in r:
                 continue
             c, o = r[f"{level}_clipl"], r[f"{level}_open_clip"]
             row = f"| {name} | {level} | {c:.2f} | {o:.2f} | {c / o:.3f} |"
-            if gpu:
+            if f"mfu_{level}_clipl" in r:
                 row += f" {r[f'mfu_{level}_clipl']:.1%} | {r[f'mfu_{level}_open_clip']:.1%} |"
             rows.append(row)
         print(f"  forward GFLOPs/sample: {r['fwd_gflops_per_sample']:.2f}")
+    if args.json:
+        return
     print("\n" + header)
     print("|" + "---|" * (header.count("|") - 1))
     print("\n".join(rows))
