@@ -32,22 +32,24 @@ fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 WANDB_MODE=offline
 
 if [ "$DRY" = 1 ]; then
-  VIT_SMALL=tiny_vit VIT_BIG=tiny_vit RN=tiny_rn BATCH=8 PREC=32-true
+  # Tiny presets and few steps; the budgets stretch x4 (a loaded CPU is slow, not wrong).
+  VIT_SMALL=tiny_vit VIT_BIG=tiny_vit RN=tiny_rn BATCH=8 PREC=32-true STRETCH=4
   STEP_ARGS="--steps 2 --warmup 1 --rounds 2 --trainer-rounds 0 --peak-tflops 1"
   MFU_ARGS="--steps 4 --peak-tflops 1"
   ACC_ARGS="--preset tiny_vit --micro 8 --ks 1 4 --steps 2"
 else
-  VIT_SMALL=vit_b32 VIT_BIG=vit_b16 RN=rn50x4 BATCH=256 PREC=bf16-mixed
+  VIT_SMALL=vit_b32 VIT_BIG=vit_b16 RN=rn50x4 BATCH=256 PREC=bf16-mixed STRETCH=1
   STEP_ARGS="--steps 10 --warmup 3 --rounds 4 --trainer-rounds 0"
   MFU_ARGS="--steps 30"
   ACC_ARGS="--preset vit_b32 --micro 64 --ks 1 4 16 --steps 3"
 fi
 
-# run NAME SECONDS CMD...: the command's JSON lines go to stdout, its log to benchmarks/gpu_logs/NAME.log.
-mkdir -p benchmarks/gpu_logs
+# run NAME SECONDS CMD...: the command's JSON lines go to stdout, its log to $LOGS/NAME.log.
+LOGS=${LOGS:-runs/gpu_bench}
+mkdir -p "$LOGS"
 run() {
-  local name=$1 budget=$2; shift 2
-  local out="benchmarks/gpu_logs/$name.log"
+  local name=$1 budget=$(( $2 * STRETCH )); shift 2
+  local out="$LOGS/$name.log"
   timeout --signal=TERM --kill-after=10 "$budget" "$@" > "$out.json" 2> "$out"
   local rc=$?
   grep '^{' "$out.json"
@@ -56,7 +58,9 @@ run() {
   fi
 }
 
-run train_step 150 $PY benchmarks/train_step.py --json --device "$DEVICE" --presets "$VIT_SMALL" "$VIT_BIG" \
+PRESETS="$VIT_SMALL $VIT_BIG"
+[ "$VIT_SMALL" = "$VIT_BIG" ] && PRESETS=$VIT_SMALL
+run train_step 150 $PY benchmarks/train_step.py --json --device "$DEVICE" --presets $PRESETS \
   --batch "$BATCH" --precision "$PREC" $STEP_ARGS
 run patch_dropout 60 $PY benchmarks/patch_dropout.py --device "$DEVICE" --presets "$VIT_BIG" --batch "$BATCH" \
   --precision "$PREC" $( [ "$DRY" = 1 ] && echo "--steps 2 --rounds 2" || echo "--steps 10 --warmup 3 --rounds 4" )

@@ -23,7 +23,7 @@ def measure(name: str, batch: int, precision: str, device: torch.device, steps: 
     from clipl.flops import model_flops
     from clipl.trainer import TrainerConfig, build_trainer
 
-    system = build_clipl(name, precision, device, batch)
+    system = build_clipl(name, precision, device)
     m = system.model
     batches = synthetic_batches(steps, batch, m.image_size, m.context_length, device)
     cfg = TrainerConfig(accelerator="gpu" if device.type == "cuda" else "cpu", devices="1", precision=precision,

@@ -4,8 +4,11 @@
     python benchmarks/patch_dropout.py --device cuda --presets vit_b16 --batch 256 --precision bf16-mixed
 
 Both sides are CLIPModule.training_step + backward + AdamW step (benchmarks/train_step.py's module
-level) on the same synthetic batches; rounds run A B B A ... so load drift hits both. Prints one JSON
-line per preset: median samples/s of each side, the speed-up, and the FLOPs ratio clipl.flops predicts.
+level) on the same synthetic batches; rounds run A B B A ... so load drift hits both. A second pair of
+sides times the image tower alone (forward + backward), where the dropped patches are. Prints one JSON
+line per preset: median samples/s of each side, the speed-ups, and the FLOPs ratio clipl.flops predicts.
+--clock process times with the process's CPU time (all threads) instead of wall time: on a shared CPU
+machine that is what the work costs, whatever the other jobs take.
 """
 
 from __future__ import annotations
@@ -17,7 +20,38 @@ import statistics
 
 import torch
 
-from train_step import _preset, clipl_side, interleave, synthetic_batches
+import time
+
+import train_step
+from train_step import Side, _preset, _sync, clipl_side, interleave, synthetic_batches
+
+
+class ClockedSide(Side):
+    """A train_step.Side timed with ``clock`` (time.perf_counter or time.process_time)."""
+
+    def __init__(self, side: Side, clock):
+        super().__init__(side.step, side.device)
+        self.clock = clock
+
+    def run(self, batches) -> float:
+        _sync(self.device)
+        start = self.clock()
+        for b in batches:
+            self.step(b)
+        _sync(self.device)
+        return sum(len(b["key"]) for b in batches) / (self.clock() - start)
+
+
+def image_tower_side(system, precision, device) -> Side:
+    from clipl.data.transforms import normalize
+
+    def step(batch):
+        system.model.zero_grad(set_to_none=True)
+        with train_step._autocast(device, precision):
+            out = system.model.visual(normalize(batch["image"]))
+        out.float().square().sum().backward()
+
+    return Side(step, device)
 
 
 def build(name: str, patch_dropout: float, precision: str, device: torch.device, state=None):
@@ -38,21 +72,26 @@ def build(name: str, patch_dropout: float, precision: str, device: torch.device,
     return system.to(device)
 
 
-def bench(name, batch, p, precision, device, steps, warmup, rounds) -> dict:
+def bench(name, batch, p, precision, device, steps, warmup, rounds, clock=time.perf_counter) -> dict:
     from clipl.flops import model_flops
 
     plain = build(name, 0.0, precision, device)
     dropped = build(name, p, precision, device, state=plain.model.state_dict())
     m = plain.model
     batches = synthetic_batches(warmup + steps, batch, m.image_size, m.context_length, device)
-    a, b = interleave(clipl_side(dropped, precision, device), clipl_side(plain, precision, device), batches,
-                      warmup, rounds)
+    a, b = interleave(ClockedSide(clipl_side(dropped, precision, device), clock),
+                      ClockedSide(clipl_side(plain, precision, device), clock), batches, warmup, rounds)
+    ta, tb = interleave(ClockedSide(image_tower_side(dropped, precision, device), clock),
+                        ClockedSide(image_tower_side(plain, precision, device), clock), batches, warmup, rounds)
     f_drop, f_plain = model_flops(dropped.config.model), model_flops(plain.config.model)
     return {"case": "patch_dropout", "preset": name, "batch": batch, "patch_dropout": p, "precision": precision,
             "device": str(device), "steps": steps, "rounds": rounds,
             "samples_per_sec_dropout": statistics.median(a), "samples_per_sec_plain": statistics.median(b),
             "speedup": statistics.median(a) / statistics.median(b),
             "flops_ratio": f_plain.train(batch) / f_drop.train(batch),
+            "image_tower_speedup": statistics.median(ta) / statistics.median(tb),
+            "image_tower_flops_ratio": f_plain.image_train / f_drop.image_train,
+            "clock": clock.__name__,
             "per_round": [[round(x, 3), round(y, 3)] for x, y in zip(a, b)]}
 
 
@@ -67,12 +106,14 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each timed run")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per side")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall")
     args = parser.parse_args(argv)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     for name in args.presets:
         print(json.dumps(bench(name, args.batch, args.patch_dropout, args.precision, device, args.steps,
-                               args.warmup, args.rounds)), flush=True)
+                               args.warmup, args.rounds, clock)), flush=True)
 
 
 if __name__ == "__main__":
