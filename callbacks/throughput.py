@@ -62,14 +62,16 @@ class PerfMonitor(L.Callback):
         self._excluded = 0.0
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "PerfMonitor":
-        """The monitor for a RunConfig: FLOPs counted from its model and locks, its trainer.peak_tflops."""
+    def from_config(cls, cfg: Any, plan: Any = None) -> "PerfMonitor":
+        """The monitor for a RunConfig: FLOPs counted from its model and locks, its trainer.peak_tflops,
+        and the batch ``plan``'s contrastive batch (the logits' size; default: loader batch x world)."""
         try:
             flops = model_flops(cfg.model, cfg.optim)
         except Exception as e:  # a tower that cannot be built on the meta device: no MFU, training goes on
             log.warning("could not count the model's FLOPs (%s: %s); perf/mfu will not be logged", type(e).__name__, e)
             flops = None
-        return cls(flops=flops, peak_tflops=cfg.trainer.peak_tflops)
+        contrastive = None if plan is None else plan.contrastive_batch_size
+        return cls(flops=flops, peak_tflops=cfg.trainer.peak_tflops, contrastive_batch=contrastive)
 
     # ------------------------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -238,7 +238,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     saving = checkpoint_callbacks(cfg.checkpoint, out_dir)
     io = checkpoint_io(cfg.checkpoint, out_dir, saving, deepspeed=cfg.trainer.strategy == "deepspeed",
                        on_gpu=uses_cuda(cfg.trainer))
-    callbacks = saving + [PerfMonitor.from_config(cfg)]
+    callbacks = saving + [PerfMonitor.from_config(cfg, plan)]
     callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
     if callable(getattr(module, "callbacks", None)):
         callbacks += list(module.callbacks(cfg))
