@@ -2,27 +2,53 @@
 
 The model (clipl.models.CLIPModel) knows nothing of Lightning; this system owns the objective, the
 optimiser, logging and the non-finite-loss guard.
+
+Optimisation is manual (Lightning's ``automatic_optimization = False``): one loader batch is one
+optimiser step, split into the batch plan's micro-batches by :mod:`clipl.accumulation` (contrastive
+accumulation: the loss covers all of them), so the Trainer never accumulates, and gradient clipping,
+the non-finite skip and the LR schedule happen here. The common path of a step reads nothing from the
+device: the skip is decided on the device and metrics are read at logging steps only
+(docs/distributed.md lists the synchronisations that remain).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import warnings
+from typing import Any, Optional
 
 import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.nn.parallel import DistributedDataParallel
 
+from clipl.accumulation import Backward, StepOutput, contrastive_step, plain_step, split_batch
 from clipl.data.transforms import normalize
-from clipl.distributed.deepspeed import drops_nonfinite_steps, skip_step_loss
+from clipl.distributed.deepspeed import drops_nonfinite_steps, prepare_micro_backward
+from clipl.distributed.plan import BatchPlan
+from clipl.models.clip import CLIPOutput
 from clipl.objectives import effective_logit_scale
 from clipl.rng import gather_rng_states, set_rng_state
+from clipl.step_stats import StepStats, Window, in_batch_accuracy
+
+# Lightning 2.6 warns about every step checkpoint of a manually optimised module that its weights are
+# those after the optimiser step: that is what clipl wants (as under automatic optimisation).
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses: the run cannot recover by skipping steps."""
+
+
+def _mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise mean of ``values`` over all ranks (one all-reduce; logging steps only)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
 
 
 def _as_run_config(config: Any) -> Any:
@@ -36,21 +62,26 @@ class CLIPModule(L.LightningModule):
     """Trains ``config.model`` with ``config.objective`` and ``config.optim`` (a RunConfig or its dict).
 
     Towers are built in :meth:`configure_model`, so under DeepSpeed ZeRO-3 they are sharded as they
-    are created; the constructor only stores the configuration.
+    are created; the constructor only stores the configuration. ``plan`` (clipl.distributed.plan) says
+    how each loader batch (``plan.per_device_batch_size`` samples) splits into micro-batches; None
+    trains on each loader batch as one micro-batch, whatever its size.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, plan: Optional[BatchPlan] = None) -> None:
         super().__init__()
         from clipl.config.io import to_container
 
         self.config = _as_run_config(config)
-        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True). The plan is
+        # not among them: it depends on the world a run is launched on, so the run resolves it anew.
         self.save_hyperparameters({"config": to_container(self.config)})
+        self.plan = plan
+        """How the loader's batch splits into micro-batches (None: the batch is one micro-batch)."""
+        self.automatic_optimization = False  # see the module docstring
         self.model = None
         self.objective = None
-        self._nonfinite_in_window = False  # any non-finite micro-batch since the last optimiser step
-        self._consecutive_nonfinite = 0
-        self.nonfinite_steps = 0
+        self._stats: Optional[StepStats] = None  # device counters, created at the first step
+        self._nonfinite_loaded = 0  # non-finite steps before this process (from a checkpoint)
         self.samples_seen = 0
         self.skipped_samples: dict[str, int] = {}
         self._pending_rng: list | None = None  # per-rank RNG states of a restored checkpoint
@@ -74,7 +105,12 @@ class CLIPModule(L.LightningModule):
         from clipl.optim import apply_locks
         from clipl.trainer import apply_model_switches
 
-        self.objective = build_objective(self.config.objective)
+        objective = self.config.objective
+        if self.plan is not None:
+            # The plan fixes every rank's batch and split_batch checks it on the host each step: the
+            # objective's own cross-rank check (an all-gather read by the host every step) is redundant.
+            objective = dataclasses.replace(objective, check_batch_sizes=False)
+        self.objective = build_objective(objective)
         model = CLIPModel.from_config(self.model_config())
         if self.config.model.init_from:  # pretrained towers (a resumed checkpoint still overwrites them)
             from clipl.models.init_from import init_from
@@ -109,13 +145,6 @@ class CLIPModule(L.LightningModule):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Any:
         return self.model(images, tokens)
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """True when the loss is finite on every rank (one tiny all-reduce; every rank agrees)."""
-        flag = torch.isfinite(loss.detach()).float().reshape(1)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
-
     def compute_loss(self, out: Any) -> torch.Tensor:
         """The objective in fp32, outside autocast, whatever the training precision."""
         bias = out.logit_bias.float() if out.logit_bias is not None else None
@@ -132,20 +161,109 @@ class CLIPModule(L.LightningModule):
             if len(states) == self.trainer.world_size:
                 set_rng_state(states[self.global_rank])
 
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches per device per optimiser step (1 without a plan)."""
+        return self.plan.accumulation if self.plan is not None else 1
+
+    def forward_backward(self, batch: dict, backward: Backward, mask: Optional[str] = None) -> StepOutput:
+        """Every forward and backward of one optimiser step over ``batch`` (one rank's share of it).
+
+        The batch is split into the plan's micro-batches; with contrastive accumulation the loss covers
+        all of them (clipl.accumulation), otherwise each micro-batch's loss is backpropagated on its
+        own, scaled by 1/k. ``backward(tensor, last)`` backpropagates one micro-batch; ``mask`` says
+        what a non-finite step backpropagates (default: what this run's strategy and precision need).
+        """
+        micro_size = self.plan.micro_batch_size if self.plan is not None else None
+        micro = split_batch(batch, self.accumulation, micro_size)
+        mask = self._nonfinite_mask() if mask is None else mask
+
+        def objective(image, text, scale, bias):
+            return self.compute_loss(CLIPOutput(image, text, scale, bias))
+
+        if self.plan is not None and not self.plan.contrastive_accumulation and len(micro) > 1:
+            return plain_step(self._encode, objective, micro, backward, mask=mask)
+        return contrastive_step(self._encode, objective, micro, backward, model=self.model, device=self.device,
+                                mask=mask)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self(self._images(batch), batch["text"])
-        loss = self.compute_loss(out)
-        finite = self._all_finite(loss)
+        logging_step = self._is_logging_step()
+        step = self.forward_backward(batch, self._backward)
         self._count_samples(batch)
-        self._log_step(loss, out, batch, finite)
-        if not finite:
-            # Every rank still runs backward (DDP needs its gradient all-reduce to happen); the
-            # gradients are dropped in on_before_optimizer_step, so no rank takes the step.
-            self._nonfinite_in_window = True
-            if isinstance(self.trainer.strategy, DeepSpeedStrategy):
-                # DeepSpeed keeps gradients in its own buffers and always steps; make it drop the step.
-                return skip_step_loss((out.image_features, out.text_features), self._deepspeed_drops())
-        return loss
+        self._optimizer_step(step.finite)
+        if self._stats is None:
+            self._stats = StepStats(step.loss.device, nonfinite_steps=self._nonfinite_loaded)
+        self._stats.update(step.loss, step.finite)
+        if logging_step:
+            self._log_step(step)
+        return step.loss
+
+    def _encode(self, micro: dict) -> Any:
+        return self.model(self._images(micro), micro["text"])
+
+    def _backward(self, tensor: torch.Tensor, last: bool) -> None:
+        """Backpropagate one micro-batch; gradients are reduced across ranks on the last one only."""
+        strategy, wrapped = self.trainer.strategy, self.trainer.model
+        if isinstance(strategy, DeepSpeedStrategy):
+            if self.accumulation > 1:
+                # The engine's own accumulation is 1 (one loader batch per step): tell it which backward
+                # ends the step, so ZeRO sums the micro-batches' gradients and reduces them then.
+                prepare_micro_backward(wrapped, last)
+            self.manual_backward(tensor)
+        elif not last and isinstance(wrapped, DistributedDataParallel):
+            with wrapped.no_sync():
+                self.manual_backward(tensor)
+        else:
+            self.manual_backward(tensor)
+
+    def _nonfinite_mask(self) -> str:
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            # DeepSpeed always steps after backward: NaN gradients make the engine discard the step.
+            return "nan" if self._deepspeed_drops() else "zero"
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return "nan"  # fp16 loss scaling skips steps with non-finite gradients by itself
+        return "none"  # the optimiser step below is skipped on the device (found_inf)
+
+    def _optimizer_step(self, finite: torch.Tensor) -> None:
+        """Step (or, for a non-finite loss on any rank, skip) the optimiser and the LR schedule."""
+        opt = self.optimizers()
+        raw = opt.optimizer
+        deepspeed = isinstance(self.trainer.strategy, DeepSpeedStrategy)
+        if deepspeed or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            opt.step()  # the gradients of a non-finite step are NaN: the engine / GradScaler skip it
+        elif getattr(raw, "_step_supports_amp_scaling", False):
+            # torch's fused AdamW takes GradScaler's found_inf: on 1 its kernel leaves weights, moments
+            # and step counts untouched, decided on the device (no host read of the loss).
+            raw.found_inf, raw.grad_scale = (~finite).to(torch.float32), None
+            try:
+                opt.step()
+            finally:
+                del raw.found_inf, raw.grad_scale
+        else:
+            # Other optimisers cannot skip on the device: read the flag (one host sync per step).
+            # AdamW skips parameters without gradients entirely, so dropping them skips exactly.
+            if not bool(finite):
+                for group in raw.param_groups:
+                    for p in group["params"]:
+                        p.grad = None
+            opt.step()
+        if not deepspeed:  # the engine clears its gradients itself
+            opt.zero_grad(set_to_none=True)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()  # per optimiser step, taken or skipped, as Lightning's automatic loop did
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Manual optimisation: Lightning leaves clipping to the module (Trainer(gradient_clip_val) is refused).
+        clip = self.config.trainer.gradient_clip_val
+        if not clip or isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            return  # DeepSpeed clips inside its engine (gradient_clipping in its config)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            # Lightning leaves unscaling to a fused optimizer's step; the norm needs true gradients.
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip)  # foreach kernels, no host read of the norm
 
     def _deepspeed_drops(self) -> bool:
         if self._ds_drops is None:
@@ -164,48 +282,69 @@ class CLIPModule(L.LightningModule):
         for reason, n in (batch.get("skipped") or {}).items():
             self.skipped_samples[reason] = self.skipped_samples.get(reason, 0) + int(n)
 
-    def _log_step(self, loss: torch.Tensor, out: Any, batch: dict, finite: bool) -> None:
-        scale = effective_logit_scale(out.logit_scale.detach().float(), self.config.objective.max_logit_scale)
-        with torch.no_grad():
-            logits = out.image_features.detach().float() @ out.text_features.detach().float().T
-            target = torch.arange(logits.shape[0], device=logits.device)
-            i2t = (logits.argmax(dim=1) == target).float().mean()
-            t2i = (logits.argmax(dim=0) == target).float().mean()
-        # Each rank's loss is its rows of the global matrix; their mean is the global loss.
-        self.log("train/loss", loss.detach() if finite else torch.nan, prog_bar=True, sync_dist=True)
-        self.log("train/logit_scale", scale)
-        self.log("train/temperature", 1.0 / scale)
-        self.log("train/acc_i2t", i2t)
-        self.log("train/acc_t2i", t2i)
-        self.log("train/samples_seen", float(self.samples_seen))
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
-        if out.logit_bias is not None:
-            self.log("train/logit_bias", out.logit_bias.detach().float())
-        for reason, n in self.skipped_samples.items():
-            self.log(f"data/skipped/{reason}", float(n))
-        if self._trainer is not None and self.trainer.optimizers:
-            for i, group in enumerate(self.trainer.optimizers[0].param_groups):
-                self.log(f"train/lr/{group.get('name', i)}", group["lr"])
+    # ------------------------------------------------------------------------------------ logging
+    def _is_logging_step(self) -> bool:
+        """Whether this step's metrics are logged: Lightning's log_every_n_steps, and the run's last step."""
+        if self._trainer is None:
+            return True
+        step = self.global_step + 1  # the number of this optimiser step once taken
+        max_steps = self.trainer.max_steps
+        return (step % self.trainer.log_every_n_steps == 0 or bool(self.trainer.is_last_batch)
+                or (max_steps is not None and 0 < max_steps <= step))
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if not self._nonfinite_in_window:
-            self._consecutive_nonfinite = 0
-            return
-        self._nonfinite_in_window = False
-        self.nonfinite_steps += 1
-        self._consecutive_nonfinite += 1
+    def contrastive_batch_size(self, local_batch: int) -> int:
+        """Pairs one loss sees: the plan's contrastive batch, or one loader batch per rank."""
+        if self.plan is not None:
+            return self.plan.contrastive_batch_size
+        return local_batch * (self.trainer.world_size if self._trainer is not None else 1)
+
+    def _log_step(self, step: StepOutput) -> None:
+        """Everything this step logs. The host reads the device here only, once (docs/distributed.md)."""
+        counters = self._stats.take()  # (non-finite total, longest run, window loss mean)
+        nan = torch.full_like(step.loss, float("nan"))
+        # Each rank's loss is its rows of the global matrix; their mean over ranks is the global loss.
+        # The window's finite steps are the same on every rank (the skip is decided together).
+        losses = _mean_over_ranks(torch.stack([torch.where(step.finite, step.loss, nan), counters[2]]))
+        scale = effective_logit_scale(step.logit_scale.float(), self.config.objective.max_logit_scale)
+        i2t, t2i = in_batch_accuracy(step.image_features, step.text_features)
+        names = ["train/loss", "train/logit_scale", "train/temperature", "train/acc_i2t", "train/acc_t2i"]
+        values = [losses[0], scale, 1.0 / scale, i2t, t2i]
+        if step.logit_bias is not None:
+            names.append("train/logit_bias")
+            values.append(step.logit_bias.float())
+        read = torch.cat([counters[:2], losses[1:], torch.stack([v.reshape(()).float() for v in values])]).tolist()
+        window = Window.of(read[:3])
+        host = dict(zip(names, read[3:]))
         limit = self.config.loop.max_nonfinite_steps
-        if self._consecutive_nonfinite >= limit:
+        if window.longest_nonfinite_run >= limit:
             raise NonFiniteLossError(
-                f"{self._consecutive_nonfinite} consecutive non-finite losses (loop.max_nonfinite_steps="
+                f"{window.longest_nonfinite_run} consecutive non-finite losses (loop.max_nonfinite_steps="
                 f"{limit}); lower optim.lr, enable trainer.gradient_clip_val, or use bf16 instead of fp16"
             )
-        # AdamW skips parameters without gradients entirely (no moment update, no weight decay),
-        # so dropping every gradient skips the step exactly. fp16 loss scaling skips by itself.
-        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.grad = None
+        if window.loss_mean is not None:  # finite steps since the last log, over all ranks
+            host["train/loss_avg"] = window.loss_mean
+        host["train/samples_seen"] = float(self.samples_seen)
+        host["train/nonfinite_steps"] = float(window.nonfinite_steps)
+        host["train/contrastive_batch"] = float(self.contrastive_batch_size(step.image_features.shape[0]))
+        for reason, n in self.skipped_samples.items():
+            host[f"data/skipped/{reason}"] = float(n)
+        if self._trainer is not None and self.trainer.optimizers:
+            for i, group in enumerate(self.trainer.optimizers[0].param_groups):
+                host[f"train/lr/{group.get('name', i)}"] = float(group["lr"])
+        for name, value in host.items():
+            # Host tensors: Lightning converts progress-bar values with .item() after every later step,
+            # which on a device tensor would wait for that step's kernels.
+            self.log(name, torch.tensor(value, dtype=torch.float32), prog_bar=name == "train/loss")
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """Optimiser steps skipped for a non-finite loss, over the whole run (reads the device counter)."""
+        return self._stats.nonfinite_total() if self._stats is not None else self._nonfinite_loaded
+
+    @nonfinite_steps.setter
+    def nonfinite_steps(self, value: int) -> None:
+        self._nonfinite_loaded = int(value)
+        self._stats = None  # recreated from the loaded count at the next step
 
     # ----------------------------------------------------------------------------- checkpointing
     def on_save_checkpoint(self, checkpoint: dict) -> None:

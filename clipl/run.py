@@ -221,19 +221,12 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.distributed.world import uses_cuda
     from clipl.trainer import build_trainer
 
-    # Transitional (issue #14): until CLIPModule takes the plan and splits batches into micro-batches
-    # (accum), a plan with accumulation is refused rather than put through one forward. Once it does,
-    # this becomes `system = CLIPModule(cfg, plan=plan)`.
-    module_takes_plan = "plan" in inspect.signature(CLIPModule).parameters
-    if plan.accumulation > 1 and not module_takes_plan:
-        raise ConfigError(f"{plan.describe()}: this CLIPModule cannot accumulate micro-batches yet; set "
-                          "trainer.global_batch_size=null or a trainer.micro_batch_size that makes one micro-batch")
     out_dir = Path(cfg.out_dir)
     summary = RunSummary(out_dir)
     ckpt_path = _resume_from(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    system = CLIPModule(cfg, plan=plan) if module_takes_plan else CLIPModule(cfg)
+    system = CLIPModule(cfg, plan=plan)  # splits each loader batch into the plan's micro-batches
     data = build_datamodule(module, cfg, plan)
     saving = checkpoint_callbacks(cfg.checkpoint, out_dir)
     io = checkpoint_io(cfg.checkpoint, out_dir, saving, deepspeed=cfg.trainer.strategy == "deepspeed",

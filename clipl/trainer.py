@@ -71,7 +71,8 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     """Clip the global gradient norm to this value; None = no clipping."""
     log_every_n_steps: int = 50
-    """Logging interval in training steps."""
+    """Logging interval in optimiser steps: training metrics are computed, read from the device (the
+    step's only host synchronisation) and logged every N steps and at the last step."""
     val_check_interval: float = 1.0
     """<= 1.0: fraction of an epoch between validations; > 1: validate every that many training batches."""
     check_val_every_n_epoch: Optional[int] = 1
@@ -283,10 +284,10 @@ def build_trainer(
         max_steps=cfg.max_steps,
         max_epochs=cfg.max_epochs,
         accumulate_grad_batches=1,  # the CLIPModule accumulates (see build_trainer's docstring)
-        # DeepSpeed clips inside its engine (gradient_clipping in its config): Lightning's clipping is a
-        # no-op there, so the value is given to DeepSpeed only.
-        gradient_clip_val=None if deepspeed else cfg.gradient_clip_val,
-        gradient_clip_algorithm=None if deepspeed or cfg.gradient_clip_val is None else "norm",
+        # Lightning never clips: the CLIPModule optimises manually (Lightning refuses gradient_clip_val
+        # then) and clips to cfg.gradient_clip_val itself; DeepSpeed clips inside its engine
+        # (gradient_clipping in its config).
+        gradient_clip_val=None,
         log_every_n_steps=cfg.log_every_n_steps,
         val_check_interval=_lightning_fraction("val_check_interval", cfg.val_check_interval),
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,

@@ -184,3 +184,129 @@ def test_resume_restores_the_random_generators(tmp_path):
     trainer(4).fit(resumed, loader(data), ckpt_path=str(tmp_path / "step=2.ckpt"))
     assert resumed.draws == ref.draws[2:]
     assert torch.load(tmp_path / "step=2.ckpt", weights_only=True)["clipl"]["rng"][0]["torch"].dtype == torch.uint8
+
+
+class SGDModule(CLIPModule):
+    """Plain SGD (no fused kernel: the non-finite flag is read on the host), so an update is lr x gradient."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.model.parameters(), lr=0.5)
+
+
+def test_gradients_are_clipped_to_trainer_gradient_clip_val():
+    """Manual optimisation: the module clips to trainer.gradient_clip_val itself (Lightning's Trainer never does)."""
+    from clipl.data.transforms import normalize
+
+    cfg = tiny_config("trainer.gradient_clip_val=0.01")
+    torch.manual_seed(0)
+    module = SGDModule(cfg)
+    module.configure_model()
+    ref = CLIPModule(cfg)
+    ref.configure_model()
+    ref.model.load_state_dict(module.model.state_dict())
+    data = batches(1)
+    trainer(1).fit(module, loader(data))
+    out = ref(normalize(data[0]["image"]), data[0]["text"])
+    ref.compute_loss(out).backward()
+    norm = torch.nn.utils.clip_grad_norm_(ref.model.parameters(), 0.01)
+    assert norm > 0.1  # the clip bites
+    with torch.no_grad():
+        for p in ref.model.parameters():
+            p -= 0.5 * p.grad
+    for (name, got), want in zip(module.model.state_dict().items(), ref.model.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def _planned(config, global_batch, micro, contrastive=True):
+    from clipl.distributed.plan import resolve_plan
+
+    return CLIPModule(config, plan=resolve_plan(global_batch, micro, 1, contrastive))
+
+
+class _SyncCounter:
+    """Counts host reads of tensors (Tensor.item/tolist/cpu/numpy, bool/float/int of a tensor) and
+    torch.cuda.synchronize, by the optimiser step they happen in (on a GPU each one waits for the device)."""
+
+    NAMES = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+    def __init__(self, monkeypatch):
+        import traceback
+
+        self.calls: list[tuple] = []
+        self.step = None
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *args, _original=original, _name=name, **kwargs):
+                if self.step is not None:
+                    where = [f.name for f in traceback.extract_stack(limit=12)]
+                    self.calls.append((self.step, _name, t.device.type, where))
+                return _original(t, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: self.calls.append((self.step, "sync", "", [])))
+
+    def callback(self):
+        counter = self
+
+        class Steps(L.Callback):
+            def on_train_batch_start(self, trainer, *args):
+                counter.step = trainer.global_step  # the step about to run
+
+            def on_train_batch_end(self, *args):
+                counter.step = None  # Lightning's end-of-batch bookkeeping is counted separately below
+
+        return Steps()
+
+
+def test_no_host_sync_outside_logging_steps(monkeypatch):
+    """Issue #11: between logging steps a training step (2 micro-batches, contrastive accumulation,
+    the non-finite guard, clipping, the LR schedule) reads nothing from the device."""
+    module = _planned(tiny_config("trainer.gradient_clip_val=1.0"), 8, 4)
+    counter = _SyncCounter(monkeypatch)
+    logged = []
+    original_log = CLIPModule.log
+
+    def log(self, name, value, *args, **kwargs):
+        logged.append((self.global_step, name, value))
+        return original_log(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPModule, "log", log)
+    trainer(8, [counter.callback()], log_every_n_steps=4).fit(module, loader(batches(8)))
+    by_step = {}
+    for step, *call in counter.calls:
+        by_step.setdefault(step, []).append(call)
+    logging_steps = {3, 7}  # steps 4 and 8 (log_every_n_steps=4; 8 is also the last)
+    assert set(by_step) <= logging_steps, {s: c for s, c in by_step.items() if s not in logging_steps}
+    assert all(len(by_step.get(s, [])) == 1 and by_step[s][0][0] == "tolist" for s in logging_steps)
+    # What the module hands Lightning is host data: Lightning's .item() on progress-bar values after
+    # every later batch (outside the counted window above) then waits for nothing.
+    assert {s - 1 for s, _, _ in logged} == logging_steps  # logged once the step is taken
+    assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.grad_fn is None for _, _, v in logged)
+    assert {"train/loss", "train/loss_avg", "train/contrastive_batch", "train/acc_i2t"} <= {n for _, n, _ in logged}
+
+
+def test_accumulated_training_equals_whole_batch_training():
+    """Trainer.fit, 3 optimiser steps: global 16 as 4 micro-batches of 4 == one micro-batch of 16 (to 1e-5);
+    plain accumulation (contrastive_accumulation=false) trains a different model."""
+
+    def fit(global_batch, micro, contrastive=True):
+        torch.manual_seed(0)
+        # lr 1e-4: parameters whose true gradient is exactly 0 (attention key biases: a softmax ignores
+        # a shift shared by a row) get float rounding noise as gradient, which Adam normalises into
+        # steps of up to lr x noise / eps; at 1e-3 that noise alone moves them by ~1e-5 in 3 steps.
+        module = _planned(tiny_config("optim.lr=1e-4"), global_batch, micro, contrastive)
+        module.configure_model()
+        initial = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+        trainer(3).fit(module, loader(batches(3, b=16, seed=4)))
+        return module, initial, {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+    _, initial, whole = fit(16, 16)
+    accumulated_module, _, accumulated = fit(16, 4)
+    for name, want in whole.items():
+        torch.testing.assert_close(accumulated[name], want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert accumulated_module.trainer.callback_metrics["train/contrastive_batch"] == 16
+    _, _, plain = fit(16, 4, contrastive=False)
+    moved = max(float((whole[k] - initial[k]).abs().max()) for k in whole)
+    differ = max(float((plain[k] - whole[k]).abs().max()) for k in whole)
+    assert moved > 1e-4 and differ > 1e-4, (moved, differ)

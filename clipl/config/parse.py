@@ -46,6 +46,8 @@ REMOVED_KEYS: dict[str, str] = {
     "and trainer.global_batch_size (samples per optimiser step over all ranks; default micro x devices x nodes)",
     "trainer.accumulate_grad_batches": "accumulation is derived: set trainer.global_batch_size (a multiple of "
     "trainer.micro_batch_size x devices x nodes; the quotient is the accumulation)",
+    "logging.every_n_steps": "it was never read; trainer.log_every_n_steps is the one logging interval (the "
+    "training metrics, the only steps at which the CLIPModule reads values from the device, and the loggers)",
 }
 
 

@@ -37,8 +37,6 @@ class LoggingConfig:
     """W&B entity (team or user); None uses the account default."""
     offline: bool = False
     """Force W&B offline mode even when a key and a server are available."""
-    every_n_steps: int = 10
-    """Log training metrics every N optimiser steps."""
 
 
 @dataclass

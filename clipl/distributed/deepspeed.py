@@ -182,3 +182,19 @@ def skip_step_loss(features: Sequence[torch.Tensor], engine_drops: bool) -> torc
         return sum((t * 0).sum() for t in features) * float("nan")
     # nan_to_num first: 0 x inf would be NaN even on the zeros path.
     return sum((t.nan_to_num(0.0) * 0).sum() for t in features)
+
+
+def prepare_micro_backward(engine: Any, last: bool) -> None:
+    """Ready ``engine`` for one of several backward passes that follow a single engine forward.
+
+    Contrastive accumulation runs every micro-batch's forward and backward inside one optimiser step
+    (under Lightning, inside one call of the engine's forward), with the engine's own accumulation at 1.
+    Two things DeepSpeed otherwise derives from its forward calls are set here: whether this backward
+    ends the step (reduce and partition then, sum before), and the per-backward bookkeeping the engine
+    resets at each forward; without the latter ZeRO-3 overwrites, instead of summing, the gradients of
+    earlier micro-batches (its accumulate-or-copy switch advances only there).
+    """
+    engine.set_gradient_accumulation_boundary(last)
+    clear = getattr(engine.optimizer, "clear_backward_seen_flag", None)
+    if clear is not None:  # ZeRO optimizers; a no-op before the step's first backward
+        clear()

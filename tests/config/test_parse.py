@@ -106,15 +106,16 @@ def test_yaml_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "key, replacement",
-    [("data.batch_size", "trainer.micro_batch_size"), ("trainer.accumulate_grad_batches", "trainer.global_batch_size")],
+    [("data.batch_size", "trainer.micro_batch_size"), ("trainer.accumulate_grad_batches", "trainer.global_batch_size"),
+     ("logging.every_n_steps", "trainer.log_every_n_steps")],
 )
 def test_removed_batch_fields_name_their_replacement(key, replacement, tmp_path):
     with pytest.raises(ConfigError, match=rf"{key} was removed.*{replacement}"):
         parse(base(), [f"{key}=4"])
     # An old recipe: the field passed to the section's constructor, or assigned on the section.
     section, name = key.split(".")
-    cls = {"data": "DataConfig", "trainer": "TrainerConfig"}[section]
-    module = {"data": "clipl.data.config", "trainer": "clipl.trainer"}[section]
+    cls = {"data": "DataConfig", "trainer": "TrainerConfig", "logging": "LoggingConfig"}[section]
+    module = {"data": "clipl.data.config", "trainer": "clipl.trainer", "logging": "clipl.config.schema"}[section]
     old = tmp_path / "old.py"
     for body in (f"RunConfig(model=preset('tiny_vit'), {section}={cls}({name}=4))",
                  f"RunConfig(model=preset('tiny_vit'))\n    cfg.{section}.{name} = 4\n    return cfg"):
