@@ -7,6 +7,7 @@ code serves a bare CLIPModel, a DeepSpeed-wrapped one, or any precision.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Optional
@@ -40,25 +41,14 @@ class Encoders:
     device: torch.device
 
 
-def _pre_projection_points() -> dict[type, Callable[[nn.Module], tuple[nn.Module, str]]]:
-    """Tower class -> where its pre-projection features are: (submodule, "input" | "output")."""
-    from clipl.models.backbones.modified_resnet import ModifiedResNet
-    from clipl.models.backbones.vit import VisionTransformer
-
-    return {
-        VisionTransformer: lambda t: (t.ln_post, "output"),  # ln_post(class token), then @ proj
-        ModifiedResNet: lambda t: (t.attnpool.c_proj, "input"),  # attention-pooled, before c_proj
-    }
-
-
-def _pre_projection_hook(tower: nn.Module) -> tuple[nn.Module, str]:
-    for cls, where in _pre_projection_points().items():
-        if isinstance(tower, cls):
-            return where(tower)
-    raise ValueError(
-        f"linear_probe_position='before' is not supported for image tower {type(tower).__name__} "
-        "(supported: VisionTransformer, ModifiedResNet); use linear_probe_position='after'"
-    )
+def _check_pre_projection(tower: nn.Module) -> None:
+    """The linear probe's 'before' features come from the Tower contract's ``forward(x, pre_projection=True)``."""
+    if "pre_projection" not in inspect.signature(tower.forward).parameters:
+        raise ValueError(
+            f"linear_probe_position='before' needs image tower {type(tower).__name__} to follow the Tower "
+            "contract (clipl.models.tower: forward(x, pre_projection=True) returns the features before its "
+            "projection); use linear_probe_position='after'"
+        )
 
 
 def model_encoders(
@@ -72,7 +62,8 @@ def model_encoders(
     if position not in ("after", "before"):
         raise ValueError(f"linear_probe_position must be 'after' or 'before', got {position!r}")
     device = torch.device(device)
-    hook_point = _pre_projection_hook(model.visual) if position == "before" else None
+    if position == "before":
+        _check_pre_projection(model.visual)
 
     def image(x: torch.Tensor) -> torch.Tensor:
         with forward_context():
@@ -83,19 +74,10 @@ def model_encoders(
             return model.encode_text(tokens.to(device, non_blocking=True), normalize=True).float()
 
     def probe(x: torch.Tensor) -> torch.Tensor:
-        if hook_point is None:
+        if position == "after":
             return image(x)
-        module, kind = hook_point
-        captured: list[torch.Tensor] = []
-        if kind == "output":
-            handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
-        else:
-            handle = module.register_forward_pre_hook(lambda m, i: captured.append(i[0]))
-        try:
-            image(x)
-        finally:
-            handle.remove()
-        return captured[-1].float()
+        with forward_context():  # through __call__, so DeepSpeed's forward hooks gather the parameters
+            return model.visual(convert_input(normalize(x.to(device, non_blocking=True))), pre_projection=True).float()
 
     return Encoders(image, text, probe, model.image_size, model.context_length, device)
 

@@ -43,6 +43,28 @@ def test_features_before_projection(name):
     torch.testing.assert_close(F.normalize(projected, dim=-1), after, atol=1e-5, rtol=1e-5)
 
 
+def test_features_before_projection_timm_and_hf_towers():
+    """linear_probe_position='before' reaches adapter towers through the Tower contract (no class checks)."""
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    from clipl.models import ModelConfig, build_model
+    from clipl.models.backbones.hf_text import HFTextConfig
+    from clipl.models.backbones.timm_image import TimmImageConfig
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(
+        embed_dim=16, image=TimmImageConfig(model_name="test_resnet", image_size=64),
+        text=HFTextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, context_length=16))).eval()
+    images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
+    before = model_encoders(model, "cpu", "before").probe(images)
+    after = model_encoders(model, "cpu", "after").probe(images)
+    with torch.no_grad():
+        pooled = model.visual.trunk(normalize(images))
+        assert before.shape == (3, model.visual.trunk.num_features)
+        torch.testing.assert_close(before, pooled)
+        torch.testing.assert_close(F.normalize(model.visual.head(before), dim=-1), after, atol=1e-5, rtol=1e-5)
+
+
 def test_before_projection_unsupported_tower_errors():
     model = _model("tiny_vit")
     model.visual = torch.nn.Module()

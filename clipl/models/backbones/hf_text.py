@@ -17,9 +17,9 @@ from torch import nn
 
 from clipl.models.layers import lock_groups
 from clipl.models.registry import register
+from clipl.models.tower import PROJECTIONS, projection_layers
 
 _POOLERS = ("cls", "mean", "eot")
-_PROJECTIONS = ("linear", "mlp", "none")
 
 
 @dataclass
@@ -45,7 +45,8 @@ class HFTextConfig:
     pooler: str = "eot"
     """How token features become one vector: "cls" (first token), "mean" (over real tokens), "eot"."""
     proj: str = "linear"
-    """Projection to embed_dim: "linear", "mlp" (Linear-GELU-Linear) or "none" (hidden == embed_dim)."""
+    """Projection to embed_dim: "linear", "mlp" (Linear-GELU-Linear, hidden (hidden_size + embed_dim) // 2)
+    or "none" (hidden == embed_dim)."""
     proj_bias: bool = False
     """Whether the projection layers have a bias."""
     pad_token_id: Optional[int] = None
@@ -62,19 +63,11 @@ class HFTextTower(nn.Module):
         self.transformer = transformer
         self.output_dim, self.context_length, self.vocab_size = output_dim, context_length, vocab_size
         self.pooler = pooler
-        width = transformer.config.hidden_size
-        if proj == "linear":
-            self.proj = nn.Linear(width, output_dim, bias=proj_bias)
-        elif proj == "mlp":
-            hidden = (width + output_dim) // 2
-            self.proj = nn.Sequential(nn.Linear(width, hidden, bias=proj_bias), nn.GELU(),
-                                      nn.Linear(hidden, output_dim, bias=proj_bias))
-        else:
-            if width != output_dim:
-                raise ValueError(f"text.proj='none' needs hidden_size={width} to equal embed_dim={output_dim}")
-            self.proj = nn.Identity()
+        layers = projection_layers(transformer.config.hidden_size, output_dim, proj, proj_bias, "text.proj")
+        # One Linear keeps its plain key (proj.weight); "mlp" is proj.0/proj.2; "none" an Identity.
+        self.proj = layers[0] if len(layers) == 1 else nn.Sequential(*layers) if layers else nn.Identity()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pre_projection: bool = False) -> torch.Tensor:
         if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
             raise ValueError(
                 f"text tokens must be (B, L) with L <= context_length={self.context_length}, got {tuple(tokens.shape)}"
@@ -90,7 +83,7 @@ class HFTextTower(nn.Module):
             pooled = (hidden * m).sum(dim=1) / m.sum(dim=1)
         else:
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot]
-        return self.proj(pooled)
+        return pooled if pre_projection else self.proj(pooled)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         model = self.transformer
@@ -147,7 +140,7 @@ def build_hf_text(cfg: HFTextConfig, embed_dim: int) -> HFTextTower:
         from transformers import AutoConfig, AutoModel
     except ImportError as err:
         raise ImportError("the Hugging Face text tower needs transformers: pip install 'clipl[hf]'") from err
-    for field, allowed in (("pooler", _POOLERS), ("proj", _PROJECTIONS)):
+    for field, allowed in (("pooler", _POOLERS), ("proj", PROJECTIONS)):
         if getattr(cfg, field) not in allowed:
             raise ValueError(f"text.{field}={getattr(cfg, field)!r}: expected one of {', '.join(allowed)}")
     try:

@@ -18,6 +18,7 @@ from torch import nn
 
 from clipl.models.layers import lock_groups, materialized, maybe_checkpoint, resolve_heads
 from clipl.models.registry import register
+from clipl.models.tower import FreezableBatchNorm
 
 
 @dataclass
@@ -84,7 +85,7 @@ class AttentionPool2d(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.c_proj = nn.Linear(width, output_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pre_projection: bool = False) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
@@ -98,11 +99,11 @@ class AttentionPool2d(nn.Module):
         q = self.q_proj(tokens[:, :1]).view(b, 1, self.heads, dh).transpose(1, 2)
         k = self.k_proj(tokens).view(b, n, self.heads, dh).transpose(1, 2)
         v = self.v_proj(tokens).view(b, n, self.heads, dh).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, dh)
-        return self.c_proj(y.transpose(1, 2).reshape(b, c))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, c)  # pooled, before c_proj
+        return y if pre_projection else self.c_proj(y)
 
 
-class ModifiedResNet(nn.Module):
+class ModifiedResNet(FreezableBatchNorm, nn.Module):
     """The CLIP ResNet image tower: (B, 3, S, S) images -> (B, output_dim) features."""
 
     def __init__(self, layers: list[int], output_dim: int, heads: int, image_size: int = 224, width: int = 64):
@@ -113,7 +114,6 @@ class ModifiedResNet(nn.Module):
             raise ValueError(f"image_size={image_size} must be a multiple of 32 for a ModifiedResNet")
         self.output_dim, self.image_size = output_dim, image_size
         self.grad_checkpointing = False
-        self._bn_frozen = False
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
         self.act1 = nn.ReLU(inplace=True)
@@ -156,14 +156,14 @@ class ModifiedResNet(nn.Module):
     def _stem_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pre_projection: bool = False) -> torch.Tensor:
         ckpt = self.grad_checkpointing
         # The stem runs at the highest resolution: checkpointing it saves the most memory.
         x = maybe_checkpoint(ckpt, self.stem, x, scope=self._stem_modules())
         for stage in self.stages():
             for block in stage:
                 x = maybe_checkpoint(ckpt, block, x)
-        return maybe_checkpoint(ckpt, self.attnpool, x)
+        return maybe_checkpoint(ckpt, self.attnpool, x, pre_projection)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute every stem/block/attention-pool activation in backward (saves only block inputs)."""
@@ -177,17 +177,7 @@ class ModifiedResNet(nn.Module):
         groups = [self._stem_modules(), *[[s] for s in self.stages()], [self.attnpool]]
         lock_groups(self, groups, unlocked_groups)
         if freeze_bn_stats:
-            # Frozen BN layers keep their running statistics: eval mode, now and after every .train().
-            self._bn_frozen = True
-            self.train(self.training)
-
-    def train(self, mode: bool = True) -> "ModifiedResNet":
-        super().train(mode)
-        if self._bn_frozen:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
-                    m.eval()
-        return self
+            self.freeze_bn_stats()
 
 
 @register("modified_resnet", config=ModifiedResNetConfig)

@@ -92,7 +92,7 @@ class TextTransformer(nn.Module):
             return getattr(host, name)
         return super().__getattr__(name)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pre_projection: bool = False) -> torch.Tensor:
         if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
             raise ValueError(
                 f"text tokens must be (B, L) with L <= context_length={self.context_length}, got {tuple(tokens.shape)}"
@@ -101,7 +101,7 @@ class TextTransformer(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding[:n].to(self.token_embedding.weight.dtype)
         x = self.ln_final(self.transformer(x, causal=True))
         x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-        return x @ self.text_projection
+        return x if pre_projection else x @ self.text_projection
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable

@@ -14,8 +14,7 @@ from torch import nn
 
 from clipl.models.layers import lock_groups
 from clipl.models.registry import register
-
-_PROJECTIONS = ("linear", "mlp", "none")
+from clipl.models.tower import PROJECTIONS, FreezableBatchNorm, projection_layers
 
 
 @dataclass
@@ -31,7 +30,8 @@ class TimmImageConfig:
     pool: str = "avg"
     """timm ``global_pool``: "avg", "max", "token" (class token, ViTs), "avgmax", ... as the model allows."""
     proj: str = "linear"
-    """Projection to embed_dim: "linear", "mlp" (Linear-GELU-Linear) or "none" (features == embed_dim)."""
+    """Projection to embed_dim: "linear", "mlp" (Linear-GELU-Linear, hidden (features + embed_dim) // 2)
+    or "none" (features == embed_dim)."""
     proj_bias: bool = False
     """Whether the projection layers have a bias."""
     drop: float = 0.0
@@ -40,32 +40,20 @@ class TimmImageConfig:
     """Stochastic-depth rate passed to timm (``drop_path_rate``); None keeps timm's default."""
 
 
-class TimmImageTower(nn.Module):
+class TimmImageTower(FreezableBatchNorm, nn.Module):
     """(B, 3, H, W) images -> (B, output_dim): the timm trunk's pooled features, projected."""
 
     def __init__(self, trunk: nn.Module, output_dim: int, image_size: int, proj: str, proj_bias: bool, drop: float):
         super().__init__()
         self.trunk = trunk
         self.output_dim, self.image_size = output_dim, image_size
-        width = trunk.num_features
-        if proj == "linear":
-            self.head = nn.Sequential(nn.Dropout(drop), nn.Linear(width, output_dim, bias=proj_bias))
-        elif proj == "mlp":
-            hidden = 2 * output_dim
-            self.head = nn.Sequential(
-                nn.Dropout(drop),
-                nn.Linear(width, hidden, bias=proj_bias),
-                nn.GELU(),
-                nn.Linear(hidden, output_dim, bias=proj_bias),
-            )
-        else:
-            if width != output_dim:
-                raise ValueError(f"image.proj='none' needs the trunk's {width} features to equal embed_dim={output_dim}")
-            self.head = nn.Dropout(drop)
-        self._bn_frozen = False
+        # head.0 is the dropout, head.1... the projection layers (state-dict keys head.1.weight, ...).
+        self.head = nn.Sequential(nn.Dropout(drop),
+                                  *projection_layers(trunk.num_features, output_dim, proj, proj_bias, "image.proj"))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(images))
+    def forward(self, images: torch.Tensor, pre_projection: bool = False) -> torch.Tensor:
+        pooled = self.trunk(images)  # timm's num_classes=0 model returns its pooled (pre-logits) features
+        return pooled if pre_projection else self.head(pooled)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         try:
@@ -90,16 +78,7 @@ class TimmImageTower(nn.Module):
         groups.append([self.head])
         lock_groups(self, groups, unlocked_groups)
         if freeze_bn_stats:
-            self._bn_frozen = True
-            self.train(self.training)
-
-    def train(self, mode: bool = True) -> "TimmImageTower":
-        super().train(mode)
-        if self._bn_frozen:  # frozen BN layers keep their running statistics (eval mode)
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-                    m.eval()
-        return self
+            self.freeze_bn_stats()
 
 
 def _create_trunk(timm, cfg: TimmImageConfig) -> nn.Module:
@@ -124,7 +103,7 @@ def build_timm_image(cfg: TimmImageConfig, embed_dim: int) -> TimmImageTower:
         import timm
     except ImportError as err:
         raise ImportError("the timm image tower needs timm: pip install 'clipl[timm]'") from err
-    if cfg.proj not in _PROJECTIONS:
-        raise ValueError(f"image.proj={cfg.proj!r}: expected one of {', '.join(_PROJECTIONS)}")
+    if cfg.proj not in PROJECTIONS:
+        raise ValueError(f"image.proj={cfg.proj!r}: expected one of {', '.join(PROJECTIONS)}")
     trunk = _create_trunk(timm, cfg)
     return TimmImageTower(trunk, embed_dim, cfg.image_size, cfg.proj, cfg.proj_bias, cfg.drop)

@@ -71,7 +71,7 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pre_projection: bool = False) -> torch.Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(x.shape[-2:])}")
         x = self.conv1(x).flatten(2).transpose(1, 2)  # (B, grid^2, width)
@@ -79,8 +79,8 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         if self.patch_dropout and self.training:
             x = self._drop_patches(x)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0]) @ self.proj
+        x = self.ln_post(self.transformer(self.ln_pre(x))[:, 0])
+        return x if pre_projection else x @ self.proj
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Keep the class token and a random ``kept_patches`` of the patch tokens of each image (FLIP).
