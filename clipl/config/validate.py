@@ -149,6 +149,8 @@ def check_checkpoint(path: Optional[str], field: str) -> list[Problem]:
         return []
     if _is_remote(path):
         return []
+    if field == "model.init_from":  # open_clip's folder syntax, accepted by clipl.models.sources
+        path = path.removeprefix("local-dir:")
     if not Path(path).expanduser().exists():
         return [f"{field}={path}: no such file or folder"]
     return []

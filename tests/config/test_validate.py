@@ -139,6 +139,14 @@ def test_good_sources_pass(tmp_path):
     assert check_data_source(str(tmp_path / "classes"), "data.train")  # a folder without shards
 
 
+def test_init_from_accepts_open_clips_local_dir_syntax(tmp_path):
+    from clipl.config.validate import check_checkpoint
+
+    assert check_checkpoint(f"local-dir:{tmp_path}", "model.init_from") == []
+    assert check_checkpoint(f"local-dir:{tmp_path}/nope", "model.init_from") == [
+        f"model.init_from={tmp_path}/nope: no such file or folder"]
+
+
 @pytest.mark.parametrize("alias, canonical", [
     ("32", "32-true"), ("32-true", "32-true"), ("bf16", "bf16-mixed"), ("bf16-mixed", "bf16-mixed"),
     ("bf16-true", "bf16-true"), ("16", "16-mixed"), ("16-mixed", "16-mixed"),
