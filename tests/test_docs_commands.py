@@ -14,7 +14,8 @@ ones that cannot run here as written:
 - paths to data that does not exist here (``/data/...``) are replaced by a small set made first.
 
 A command found in the docs and not in the mapping runs as written (``lightning run``/``clipl run``
-ones with ``TINY_RUN`` appended), so a new doc command is covered without editing this file.
+ones with ``TINY_RUN`` appended), so a new doc command is covered without editing this file; one that
+names a GPU or a cluster (``NEEDS_HARDWARE``) is skipped with that reason.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ DOC_COMMANDS: dict[str, tuple[str, str]] = {
     "python benchmarks/train_step.py":
         ("run", "python benchmarks/train_step.py --presets tiny_vit --batch 2 --steps 1 --warmup 0 --rounds 1 "
                 "--trainer-rounds 0"),  # the same script, one tiny round instead of ~10 min
-    "python benchmarks/train_step.py --device cuda": ("skip", GPU),
     "clipl data inspect '/data/cc3m/{00000..00331}.tar'":
         ("run", "clipl data inspect 'shapes_data/train/shard-{000000..000003}.tar'"),
     "clipl data inspect /data/pairs.parquet --json":
@@ -120,9 +120,17 @@ def all_commands() -> list[tuple[str, str]]:
     return [(str(p.relative_to(REPO)), c) for p in DOCS for c in extract(p)]
 
 
+# Unmapped commands that name a GPU or a cluster cannot run here either.
+NEEDS_HARDWARE = {"--device cuda": GPU, "--accelerator gpu": GPU, "--accelerator cuda": GPU, "gpu.sh": GPU,
+                  "strategy=deepspeed": GPU + " (DeepSpeed)", "srun ": "a SLURM cluster", "sbatch ": "a SLURM cluster"}
+
+
 def plan(command: str) -> tuple[str, str]:
     if command in DOC_COMMANDS:
         return DOC_COMMANDS[command]
+    for needle, why in NEEDS_HARDWARE.items():
+        if needle in command:
+            return "skip", why
     if command.startswith(("lightning run ", "clipl run ")):
         return "run", f"{command} {TINY_RUN} out_dir=runs/doc_{abs(hash(command)) % 10**8}"
     return "run", command
