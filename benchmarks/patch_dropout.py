@@ -3,7 +3,7 @@
     python benchmarks/patch_dropout.py                          # vit_b32, batch 8, P=0.5, CPU fp32
     python benchmarks/patch_dropout.py --device cuda --presets vit_b16 --batch 256 --precision bf16-mixed
 
-Both sides are CLIPModule.training_step + backward + AdamW step (benchmarks/train_step.py's module
+Both sides are CLIPModule.forward_backward + the AdamW step (benchmarks/train_step.py's module
 level) on the same synthetic batches; rounds run A B B A ... so load drift hits both. A second pair of
 sides times the image tower alone (forward + backward), where the dropped patches are. Prints one JSON
 line per preset: median samples/s of each side, the speed-ups, and the FLOPs ratio clipl.flops predicts.

@@ -4,7 +4,8 @@
     python benchmarks/train_step.py --device cuda       # GPU: vit_b32 and vit_b16 at batch 256, bf16 + MFU
 
 Two levels, each interleaved in one process (rounds A B B A A B ...) so load drift hits both sides:
-- module: clipl's CLIPModule.training_step + AdamW step in a plain loop, vs open_clip's CLIP +
+- module: clipl's CLIPModule.forward_backward (its training step's forward and backward) + the fused
+  AdamW step with the on-device skip, in a plain loop, vs open_clip's CLIP +
   ClipLoss + AdamW (its training loop: autocast, backward, step, logit_scale clamp);
 - trainer: CLIPModule through lightning Trainer.fit (clipl.trainer.build_trainer), vs the same
   open_clip loop. Steps are timed between on_train_batch_end calls, so Trainer start-up is excluded.
@@ -124,12 +125,24 @@ def clipl_side(system, precision, device) -> Side:
 
     opt = build_optimizer(system.model, system.config.optim)
 
+    def backward(tensor, last):
+        tensor.backward()
+
     def step(batch):
-        opt.zero_grad(set_to_none=True)
+        # CLIPModule.training_step without a Trainer: its forward/backward (normalise, forward, fp32
+        # objective, finiteness flag on the device), then the optimiser step as _optimizer_step takes it
+        # (torch's fused AdamW skips a non-finite step on the device via found_inf; no host sync).
         with _autocast(device, precision):
-            loss = system.training_step(batch, 0)
-        loss.backward()
-        opt.step()
+            out = system.forward_backward(batch, backward, mask="none")
+        if getattr(opt, "_step_supports_amp_scaling", False):
+            opt.found_inf, opt.grad_scale = (~out.finite).to(torch.float32), None
+            try:
+                opt.step()
+            finally:
+                del opt.found_inf, opt.grad_scale
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
 
     return Side(step, device)
 
