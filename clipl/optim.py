@@ -7,7 +7,6 @@ ViTs, (0.9, 0.999) and eps 1e-8 for ResNets.
 
 from __future__ import annotations
 
-import difflib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+from clipl.registry import Registry
 
 
 @dataclass
@@ -177,11 +178,10 @@ def _constant(progress: float, min_ratio: float) -> float:
 
 
 # Decay shapes after warm-up: progress in [0, 1] -> multiplier of the peak learning rate.
-SCHEDULES: dict[str, Callable[[float, float], float]] = {
-    "cosine": _cosine,
-    "linear": _linear,
-    "constant": _constant,
-}
+SCHEDULES: Registry[Callable[[float, float], float]] = Registry("optim.schedule", error=ValueError)
+SCHEDULES.register("cosine", _cosine)
+SCHEDULES.register("linear", _linear)
+SCHEDULES.register("constant", _constant)
 
 
 def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
@@ -195,15 +195,12 @@ def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
         return (step + 1) / cfg.warmup_steps
     decay_steps = total_steps - cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
-    return SCHEDULES[cfg.schedule](progress, cfg.min_lr_ratio)
+    return SCHEDULES.get(cfg.schedule)(progress, cfg.min_lr_ratio)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LambdaLR:
     """Per-step LambdaLR: warm-up then ``cfg.schedule``; one multiplier, so tower lr ratios hold."""
-    if cfg.schedule not in SCHEDULES:
-        close = difflib.get_close_matches(cfg.schedule, list(SCHEDULES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown optim.schedule {cfg.schedule!r}.{hint} Known: {', '.join(SCHEDULES)}")
+    SCHEDULES.get(cfg.schedule)  # unknown names fail here, before training, with close matches
     if cfg.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if not 0.0 <= cfg.min_lr_ratio <= 1.0:

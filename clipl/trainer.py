@@ -15,6 +15,7 @@ from torch import nn
 from clipl.distributed.deepspeed import DeepSpeedOptions, lightning_deepspeed_config
 from clipl.distributed.plan import BatchPlan, plan_for
 from clipl.distributed.world import parse_devices, uses_cuda, world_size
+from clipl.registry import Registry
 
 __all__ = ["BatchPlan", "TrainerConfig", "apply_model_switches", "build_trainer", "parse_devices", "plan_for",
            "register_strategy", "world_size"]
@@ -188,17 +189,12 @@ def _lightning_fraction(name: str, value: float) -> Union[int, float, None]:
 
 # Strategy registry: name -> builder(cfg, plan) returning a Lightning strategy (or the string Lightning
 # resolves itself).
-_STRATEGIES: dict[str, Callable[[TrainerConfig, BatchPlan], Any]] = {}
+_STRATEGIES: Registry[Callable[[TrainerConfig, BatchPlan], Any]] = Registry("trainer.strategy", error=ValueError)
 
 
 def register_strategy(name: str) -> Callable:
     """Register ``builder(cfg, plan)`` under ``trainer.strategy=name`` (plan: the run's BatchPlan)."""
-
-    def deco(fn: Callable[[TrainerConfig, BatchPlan], Any]) -> Callable[[TrainerConfig, BatchPlan], Any]:
-        _STRATEGIES[name] = fn
-        return fn
-
-    return deco
+    return _STRATEGIES.decorator(name)
 
 
 @register_strategy("auto")
@@ -279,7 +275,7 @@ def build_trainer(
         accelerator=cfg.accelerator,
         devices=parse_devices(cfg.devices),
         num_nodes=cfg.num_nodes,
-        strategy=_STRATEGIES[cfg.strategy](cfg, plan),
+        strategy=_STRATEGIES.get(cfg.strategy)(cfg, plan),
         precision=cfg.precision,
         max_steps=cfg.max_steps,
         max_epochs=cfg.max_epochs,

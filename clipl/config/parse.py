@@ -11,11 +11,12 @@ or a wrong type fails here, before any model is built. A few keys take a name in
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from clipl.registry import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -87,8 +88,7 @@ def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def _suggest(key: str, node: DictConfig) -> str:
-    close = difflib.get_close_matches(key, _leaf_keys(node), n=3, cutoff=0.6)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return did_you_mean(key, _leaf_keys(node), cutoff=0.6, joiner=" or ")
 
 
 def _set_model(node: DictConfig, value: str) -> None:

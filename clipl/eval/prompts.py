@@ -5,27 +5,21 @@ A template is a string with one "{}" where the class name goes.
 
 from __future__ import annotations
 
-import difflib
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
+from clipl.registry import Registry, did_you_mean
+
 ASSETS = Path(__file__).parent / "assets"
 
-_TEMPLATE_SETS: dict[str, Callable[[], list[str]]] = {}
+_TEMPLATE_SETS: Registry[Callable[[], list[str]]] = Registry("template set", error=ValueError)
 
 
 def register_templates(name: str) -> Callable:
     """Decorator registering a zero-argument function returning a builtin template set."""
-
-    def deco(fn: Callable[[], list[str]]) -> Callable[[], list[str]]:
-        if name in _TEMPLATE_SETS:
-            raise ValueError(f"template set {name!r} is already registered")
-        _TEMPLATE_SETS[name] = fn
-        return fn
-
-    return deco
+    return _TEMPLATE_SETS.decorator(name)
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
@@ -85,9 +79,8 @@ def _json_templates(spec: str, dataset: Optional[str]) -> list[str]:
         return _checked([str(t).replace("{c}", "{}") for t in data], path)
     key = key or dataset
     if key not in data:
-        close = difflib.get_close_matches(str(key), list(data), n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"templates {path} has no entry {key!r}{hint}; name one as {path}:KEY "
+        hint = did_you_mean(key, data, cutoff=0.6)
+        raise ValueError(f"templates {path} has no entry {key!r}.{hint} Name one as {path}:KEY "
                          f"({len(data)} entries, e.g. {', '.join(list(data)[:5])})")
     # clip_benchmark writes "{c}" where the class name goes; clipl's templates use "{}".
     return _checked([str(t).replace("{c}", "{}") for t in data[key]], f"{path}:{key}")
@@ -107,13 +100,12 @@ def load_templates(spec: str, dataset_templates: Optional[list[str]] = None, dat
             dataset_templates = list(PROMPT_TEMPLATES)
         return _checked(list(dataset_templates), "the shapes data set")
     if spec in _TEMPLATE_SETS:
-        return list(_TEMPLATE_SETS[spec]())
+        return list(_TEMPLATE_SETS.get(spec)())
     if spec.endswith(".json") or ".json:" in spec:
         return _json_templates(spec, dataset)
     if Path(spec).is_file():
         return _checked(read_lines(spec, "templates"), spec)
-    close = difflib.get_close_matches(spec, list_template_sets(), n=2)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(spec, list_template_sets(), n=2, cutoff=0.6)
     raise ValueError(f"templates {spec!r} is neither a builtin set ({', '.join(list_template_sets())}) nor a file.{hint}")
 
 

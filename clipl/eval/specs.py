@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from clipl.eval.datasets import EvalSet, clip_benchmark_split, scan_image_folder, scan_shards
+from clipl.registry import Registry
 
 
 def shapes_dataset(cfg: Any = None):
@@ -54,15 +55,12 @@ def _local(spec: str, name: Optional[str]) -> EvalSet:
     return scan_shards(spec, name)
 
 
-_SCHEMES: dict[str, Callable[[str, str, Any], list[EvalSet]]] = {}
+# Spec schemes ("shapes:colour"); a spec whose prefix is no scheme is a local path.
+_SCHEMES: Registry[Callable[[str, str, Any], list[EvalSet]]] = Registry("eval spec scheme", error=ValueError)
 
 
 def _scheme(name: str):
-    def deco(fn):
-        _SCHEMES[name] = fn
-        return fn
-
-    return deco
+    return _SCHEMES.decorator(name)
 
 
 @_scheme("shapes")
@@ -82,7 +80,7 @@ def resolve(spec: str, task: str, shapes_cfg: Any = None) -> list[EvalSet]:
     name, body = _split_name(spec)
     scheme, _, arg = body.partition(":")
     if scheme in _SCHEMES:
-        sets = _SCHEMES[scheme](arg, task, shapes_cfg)
+        sets = _SCHEMES.get(scheme)(arg, task, shapes_cfg)
         if name:
             for s in sets:
                 s.name = name if len(sets) == 1 else f"{name}_{s.name}"

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clipl.registry import Registry
+
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 whatever the input/parameter dtype, cast back to the input dtype.
@@ -38,17 +40,14 @@ class QuickGELU(nn.Module):
 
 
 # Activation registry: config strings map to module classes (no string sniffing downstream).
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "quick_gelu": QuickGELU,
-    "gelu": nn.GELU,
-}
+ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation", error=ValueError)
+ACTIVATIONS.register("quick_gelu", QuickGELU)
+ACTIVATIONS.register("gelu", nn.GELU)
 
 
 def make_activation(name: str, field: str = "act") -> nn.Module:
     """Instantiate the activation registered as ``name``; ``field`` names the config field in errors."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"{field}={name!r} is not a known activation; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS.get(name, field)()
 
 
 def resolve_heads(heads: int | None, default: int, width: int, field: str = "heads") -> int:

@@ -158,9 +158,8 @@ def open_clip_model_config(name: str) -> ModelConfig:
         raise ImportError(f"open_clip model name {name!r} needs open_clip: pip install open_clip_torch") from err
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None:
-        import difflib
+        from clipl.registry import did_you_mean
 
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=4, cutoff=0.5)
-        raise ValueError(f"{name!r} is neither a clipl preset nor an open_clip model name"
-                         + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""))
+        raise ValueError(f"{name!r} is neither a clipl preset nor an open_clip model name."
+                         + did_you_mean(name, open_clip.list_models(), n=4, cutoff=0.5))
     return from_open_clip_cfg(model_cfg, f"open_clip model {name!r}")

@@ -15,13 +15,13 @@ A new objective is one file::
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import math
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Callable, Optional
 
 from torch import nn
+
+from clipl.registry import Registry, did_you_mean
 
 
 @dataclass
@@ -40,21 +40,9 @@ class ObjectiveConfig:
     """Distributed only: verify every rank has the same local batch (one tiny all-gather per step)."""
 
 
-_OBJECTIVES: dict[str, tuple[type, type]] = {}
-
-# Importing these registers the built-in objectives; done lazily so that the registry module
-# itself has no import cycle with them.
-_BUILTIN_MODULES = ("clipl.objectives.contrastive", "clipl.objectives.sigmoid")
-_loaded = False
-
-
-def _ensure_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+OBJECTIVES: Registry[tuple[type, type]] = Registry("objective")
+"""name -> (objective config dataclass, module class built as ``cls(cfg)``). The built-in objectives
+register themselves when ``clipl.objectives`` (whose ``__init__`` imports them) is imported."""
 
 
 def register_objective(name: str, config: type) -> Callable[[type], type]:
@@ -69,27 +57,19 @@ def register_objective(name: str, config: type) -> Callable[[type], type]:
             raise TypeError(f"objective {cls.__name__} must define a bool `uses_logit_bias`")
         # A recipe file executed twice defines new but identical classes: not a name clash.
         same = lambda a, b: f"{a.__module__}.{a.__qualname__}" == f"{b.__module__}.{b.__qualname__}"  # noqa: E731
-        if name in _OBJECTIVES and not all(map(same, _OBJECTIVES[name], (config, cls))):
-            raise ValueError(f"objective {name!r} is already registered")
-        _OBJECTIVES[name] = (config, cls)
+        OBJECTIVES.register(name, (config, cls), same=lambda old, new: all(map(same, old, new)))
         return cls
 
     return deco
 
 
 def _lookup(name: str) -> tuple[type, type]:
-    _ensure_builtins()
-    if name not in _OBJECTIVES:
-        close = difflib.get_close_matches(str(name), list(_OBJECTIVES), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown objective {name!r}.{hint} Known: {', '.join(sorted(_OBJECTIVES))}")
-    return _OBJECTIVES[name]
+    return OBJECTIVES.get(name)
 
 
 def list_objectives() -> list[str]:
     """Names of the registered objectives, sorted."""
-    _ensure_builtins()
-    return sorted(_OBJECTIVES)
+    return OBJECTIVES.names()
 
 
 def objective_config_class(name: str) -> type:
@@ -103,9 +83,7 @@ def objective_config(name: str, /, **overrides) -> ObjectiveConfig:
     valid = {f.name for f in fields(config_cls)}
     for key in overrides:
         if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.4)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise KeyError(f"{config_cls.__name__} has no field {key!r}.{hint}")
+            raise KeyError(f"{config_cls.__name__} has no field {key!r}.{did_you_mean(key, sorted(valid))}")
     if "name" in overrides and overrides["name"] != name:
         raise ValueError(f"cannot override `name` of objective {name!r} with {overrides['name']!r}")
     return config_cls(**overrides)

@@ -58,11 +58,11 @@ def test_overrides_and_errors():
 def clean_registry():
     from clipl.objectives import registry
 
-    saved = dict(registry._OBJECTIVES)
+    saved = set(registry.OBJECTIVES)
     yield
     # Tests parametrised over list_objectives() elsewhere must not see the test-only objective.
-    registry._OBJECTIVES.clear()
-    registry._OBJECTIVES.update(saved)
+    for name in set(registry.OBJECTIVES) - saved:
+        registry.OBJECTIVES.unregister(name)
 
 
 def test_register_a_new_objective_in_one_file(clean_registry):

@@ -1,0 +1,92 @@
+"""One registry class for every name -> thing table of clipl, and the one "did you mean" helper.
+
+Tower architectures, model presets, objectives, strategies, prompt-template sets, eval-spec schemes,
+activations and learning-rate schedules are all :class:`Registry` instances, so registering, looking
+up, listing and the error for an unknown name (with close matches) behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Callable, Generic, Iterable, Iterator, Optional, TypeVar
+
+V = TypeVar("V")
+
+
+def close_matches(name: object, candidates: Iterable[str], n: int = 3, cutoff: float = 0.4) -> list[str]:
+    """Up to ``n`` of ``candidates`` that look like ``name`` (difflib ratio >= ``cutoff``), best first."""
+    return difflib.get_close_matches(str(name), list(candidates), n=n, cutoff=cutoff)
+
+
+def did_you_mean(name: object, candidates: Iterable[str], n: int = 3, cutoff: float = 0.4, joiner: str = ", ") -> str:
+    """" Did you mean 'a', 'b'?" for the close matches of ``name``, or "" when there are none."""
+    close = close_matches(name, candidates, n, cutoff)
+    return f" Did you mean {joiner.join(repr(c) for c in close)}?" if close else ""
+
+
+class Registry(Generic[V]):
+    """Names -> values, with the errors a user can act on.
+
+    ``kind`` names the table in messages ("tower architecture", "optim.schedule"); ``error`` is the
+    exception raised for an unknown name; ``builtins`` are modules imported on the first look-up
+    (their import registers the built-in entries: lazily, so ``import clipl`` stays cheap).
+    """
+
+    def __init__(self, kind: str, error: type[Exception] = KeyError, builtins: tuple[str, ...] = ()):
+        self.kind, self.error = kind, error
+        self._entries: dict[str, V] = {}
+        self._builtins = builtins
+
+    def _load(self) -> None:
+        builtins, self._builtins = self._builtins, ()
+        for module in builtins:
+            importlib.import_module(module)
+
+    def register(self, name: str, value: V, same: Optional[Callable[[V, V], bool]] = None) -> V:
+        """Add ``name``; a second registration raises ValueError unless ``same(old, new)`` says it is
+        the same thing again (a recipe file executed twice defines new but identical classes)."""
+        if name in self._entries and not (same is not None and same(self._entries[name], value)):
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = value
+        return value
+
+    def decorator(self, name: str) -> Callable[[V], V]:
+        """``@registry.decorator(name)``: register the decorated function or class under ``name``."""
+        return lambda value: self.register(name, value)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        """Names in registration order."""
+        self._load()
+        return iter(list(self._entries))
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        self._load()
+        return sorted(self._entries)
+
+    def suggest(self, name: object, n: int = 3, cutoff: float = 0.4) -> list[str]:
+        """Registered names close to ``name``, best first."""
+        return close_matches(name, self.names(), n, cutoff)
+
+    def unknown(self, name: object, field: Optional[str] = None) -> Exception:
+        """The error for an unknown ``name`` (given as config ``field``): close matches, every known name."""
+        hint, known = did_you_mean(name, self.names()), ", ".join(self.names())
+        what = f"{field}={name!r} is not a known {self.kind}" if field else f"unknown {self.kind} {name!r}"
+        return self.error(f"{what}.{hint} Known: {known}")
+
+    def get(self, name: object, field: Optional[str] = None) -> V:
+        """The value registered as ``name``; ``self.error`` naming ``field`` and close matches otherwise."""
+        if name not in self:
+            raise self.unknown(name, field)
+        return self._entries[name]  # type: ignore[index]
+
+    __getitem__ = get
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests that register a throw-away entry clean up with this)."""
+        del self._entries[name]
