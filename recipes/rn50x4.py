@@ -8,7 +8,7 @@ N nodes (the same command on each node, node_rank 0..N-1):
 Under SLURM (srun) or torchrun the launcher's environment is detected; pass --devices/--num-nodes.
 A smoke run on a CPU:
     lightning run recipes/rn50x4.py --accelerator cpu --strategy auto --precision 32-true \
-        data=shapes trainer.global_batch_size=4 trainer.micro_batch_size=4 trainer.max_steps=2
+        data=shapes trainer.global_batch_size=4 trainer.micro_batch_size=2 trainer.max_steps=2
 
 Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/rn50x4.py --devices 8` prints it):
     8 GPUs:   contrastive batch 32,768 = 16 micro-batches of 256 per GPU x 8

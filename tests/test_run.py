@@ -153,12 +153,17 @@ def test_datamodule_yields_the_plans_per_device_batch(tmp_path):
 
 @pytest.mark.slow
 def test_rn50x4_recipe_runs_two_steps_on_cpu(tmp_path):
-    cli(["run", "rn50x4", "--accelerator", "cpu", "--strategy", "auto", "--precision", "32-true",
-         "data=shapes", "trainer.global_batch_size=4", "trainer.micro_batch_size=4", "trainer.max_steps=2",
+    # The global batch of 4 as 2 micro-batches of 2: the loss still contrasts all 4 pairs.
+    proc = cli(["run", "rn50x4", "--accelerator", "cpu", "--strategy", "auto", "--precision", "32-true",
+         "data=shapes", "trainer.global_batch_size=4", "trainer.micro_batch_size=2", "trainer.max_steps=2",
          "trainer.max_epochs=null", f"out_dir={tmp_path}", "data.num_workers=0", *TINY[:4],
          "logging.backend=csv", "trainer.log_every_n_steps=1", "eval.zeroshot=[]", "eval.linear_probe=[]"])
+    assert "batch plan: global 4 = 2 micro-batch(es) of 2 per device x 1 rank(s)" in proc.stdout
     got = losses(tmp_path)
     assert sorted(got) == [0, 1] and all(v > 0 for v in got.values())
+    with (tmp_path / "metrics.csv").open() as f:
+        logged = {float(r["train/contrastive_batch"]) for r in csv.DictReader(f) if r.get("train/contrastive_batch")}
+    assert logged == {4.0}
 
 
 def _recipe(tmp_path) -> Path:
