@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from clipl.models.layers import _batchnorms, _keep_bn_stats
+from clipl.ranks import is_distributed
 
 MASKS = ("none", "nan", "zero")
 
@@ -68,7 +69,7 @@ class StepOutput:
 def all_finite(loss: torch.Tensor) -> torch.Tensor:
     """0-dim bool on ``loss``'s device: finite on every rank (a 1-element all-reduce, no host read)."""
     flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return flag[0] > 0
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from clipl.ranks import is_distributed, rank_and_world
+
 
 def rng_state() -> dict:
     """This process's generator states."""
@@ -41,8 +43,8 @@ def set_rng_state(state: dict) -> None:
 def gather_rng_states() -> list[dict]:
     """Every rank's states, in rank order (collective: call it on all ranks; rank 0 writes them)."""
     mine = rng_state()
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not is_distributed():
         return [mine]
-    states: list = [None] * dist.get_world_size()
+    states: list = [None] * rank_and_world()[1]
     dist.all_gather_object(states, mine)
     return states

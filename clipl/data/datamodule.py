@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from clipl.data.config import DataConfig
 from clipl.data.sources import SHAPES, make_sources
 from clipl.data.stream import CLIPStream, ElasticPlan, ResumePoint
+from clipl.ranks import initialized, rank_and_world
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,8 @@ class CLIPDataModule(L.LightningDataModule):
     def _world(self) -> tuple[int, int]:
         if self.trainer is not None:
             return self.trainer.world_size, self.trainer.global_rank
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
+        rank, world = rank_and_world()
+        return world, rank
 
     # ------------------------------------------------------------------ building
     def prepare_data(self) -> None:
@@ -206,7 +206,7 @@ class CLIPDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         world, rank = self._world()
         cursors = [list(map(int, self.cursors))]
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if world > 1 and initialized():
             # Raw cursors differ per rank (bad samples differ); checkpoints are written by rank 0 only.
             gathered: list = [None] * world
             torch.distributed.all_gather_object(gathered, cursors[0])

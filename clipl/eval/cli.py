@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +23,7 @@ from clipl.eval.results import checkpoint_name, format_table, write_result
 from clipl.models.metadata import architecture_name
 from clipl.eval.runner import eval_mode, model_encoders, run_linear_probe, run_retrieval, run_zero_shot
 from clipl.eval.specs import resolve, resolve_probe
+from clipl.ranks import initialized, is_rank_zero, launcher_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,17 +93,18 @@ def _eval_config(args: argparse.Namespace, run_cfg: Any) -> EvalConfig:
 
 
 def _init_distributed(device: str) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+    local_rank, world = launcher_env()
+    if world > 1 and not initialized():
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_rank)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `clipl eval`; returns the exit code."""
     args = build_parser().parse_args(argv)
     _init_distributed(args.device)
-    local = os.environ.get("LOCAL_RANK", "0")
+    local = launcher_env()[0]
     device = torch.device(f"cuda:{local}") if args.device == "cuda" else torch.device(args.device)
     model, run_cfg, step = load_for_eval(args.checkpoint, args.model, args.trust_torchscript)
     cfg = _eval_config(args, run_cfg)
@@ -127,7 +128,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for ps in resolve_probe(spec, shapes, cfg.linear_probe_train_fraction, cfg.seed):
                 res = run_linear_probe(enc, ps, cfg)
                 rows.append(("linear_probe", ps.name, {**res.metrics, "weight_decay": res.weight_decay}))
-    is_zero = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    is_zero = is_rank_zero()
     if is_zero:
         print(format_table(rows))
         if args.out:

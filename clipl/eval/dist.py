@@ -9,17 +9,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-
-def is_distributed() -> bool:
-    """True when a default process group with more than one rank is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from clipl.ranks import is_distributed, rank_and_world  # noqa: F401  (re-exported for the runner)
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without a process group."""
-    if not is_distributed():
-        return 0, 1
-    return dist.get_rank(), dist.get_world_size()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -34,7 +26,7 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     """Concatenate ``t`` (N_rank, ...) over ranks in rank order; ranks may hold different N."""
     if not is_distributed():
         return t
-    world = dist.get_world_size()
+    world = rank_and_world()[1]
     n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)

@@ -15,14 +15,14 @@ import torch
 import torch.distributed as dist
 from torch.autograd import Function
 
+from clipl.ranks import rank_and_world
+
 ProcessGroup = Optional["dist.ProcessGroup"]
 
 
 def world(group: ProcessGroup = None) -> tuple[int, int]:
     """(rank, world_size) of ``group``; (0, 1) when torch.distributed is not initialised."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
+    return rank_and_world(group)
 
 
 def check_equal_batch(local_batch: int, device: torch.device, group: ProcessGroup = None) -> None:
