@@ -189,9 +189,13 @@ def contrastive_step(
                 rng.set(states[i])
                 out = encode(micro)
                 rows = slice(offsets[i], offsets[i] + sizes[i])
-                # The temperature's gradient is added once, with the first micro-batch.
-                surrogate = _surrogate(out, [g[rows] if g is not None else None for g in grads[:2]] + grads[2:],
-                                       with_temperature=i == 0)
+                # The temperature's gradient is added once, with the last micro-batch; the others add
+                # exact zeros to it. Every backward reaches every trainable parameter: DDP's reducer
+                # waits for all of them in the backward it reduces (the last), and ZeRO-3 copies a
+                # parameter's first gradient of a step into its partition, adding the later ones.
+                temperature = [g if i == k - 1 or g is None else torch.zeros_like(g) for g in grads[2:]]
+                surrogate = _surrogate(out, [g[rows] if g is not None else None for g in grads[:2]] + temperature,
+                                       with_temperature=True)
                 del out
                 backward(surrogate, i == k - 1)
         rng.set(after)

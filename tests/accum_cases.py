@@ -115,3 +115,26 @@ def assert_same_step(got: dict, want: dict, what: str, rtol: float = 1e-5, atol:
     assert set(got["grads"]) == set(want["grads"]) and want["grads"], what
     for name, ref in want["grads"].items():
         torch.testing.assert_close(got["grads"][name], ref, rtol=rtol, atol=atol, msg=lambda m: f"{what} {name}: {m}")
+
+
+# Lightning DDP check (tests/distributed/ddp_accum_script.py): 2 ranks x 2 micro-batches of 4.
+DDP_GLOBAL, DDP_MICRO, DDP_STEPS = 16, 4, 2
+
+
+def ddp_module(plan):
+    """The CLIPModule both sides of the Lightning DDP check train (same weights, lr 1e-4, fused AdamW)."""
+    from clipl.config import parse
+    from clipl.config.schema import RunConfig
+    from clipl.module import CLIPModule
+
+    cfg = parse(RunConfig(model=_micro("micro_vit")), ["trainer.accelerator=cpu", "trainer.gradient_clip_val=1.0",
+                                                       "optim.lr=1e-4", "optim.warmup_steps=0",
+                                                       "optim.schedule=constant"])
+    module = CLIPModule(cfg, plan=plan)
+    torch.manual_seed(0)
+    module.configure_model()
+    return module
+
+
+def ddp_batches() -> list[dict]:
+    return [batch(DDP_GLOBAL, seed=10 + s, preset="micro_vit") for s in range(DDP_STEPS)]

@@ -79,3 +79,35 @@ def test_two_processes_accumulating_equal_the_whole_batch():
     # ... and neither equals one forward over the whole batch (BatchNorm statistics over 8, not 4).
     whole = cases.step(cases.module("tiny_rn", "clip", False, False, accumulation=1, micro=8), rn)
     assert cases.max_grad_diff(one, whole) > 1e-4
+
+
+@pytest.mark.slow  # Lightning's DDP launcher starts a second process: ~30 s quiet, a minute or more loaded
+def test_lightning_ddp_accumulation_equals_one_process_whole_batch(tmp_path):
+    """Through Trainer.fit with DDP (manual_backward, no_sync on all but the last micro-batch, the
+    device-side skip flag, clipping): 2 ranks x 2 micro-batches of 4 == 1 process x 1 micro-batch of 16."""
+    import subprocess
+
+    import lightning as L
+
+    from clipl.trainer import TrainerConfig, build_trainer, plan_for
+
+    out = tmp_path / "ddp.pt"
+    script = Path(__file__).parent / "ddp_accum_script.py"
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    ddp = torch.load(out, weights_only=True)
+
+    cfg = TrainerConfig(accelerator="cpu", devices="1", micro_batch_size=cases.DDP_GLOBAL,
+                        global_batch_size=cases.DDP_GLOBAL, max_steps=cases.DDP_STEPS, gradient_clip_val=1.0,
+                        enable_progress_bar=False, enable_model_summary=False)
+    plan = plan_for(cfg)
+    module = cases.ddp_module(plan)
+    initial = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    trainer = build_trainer(cfg, plan=plan, out_dir=str(tmp_path), callbacks=[], loggers=False)
+    trainer.fit(module, torch.utils.data.DataLoader(cases.ddp_batches(), batch_size=None))
+    whole = module.model.state_dict()
+    assert max(float((whole[k] - initial[k]).abs().max()) for k in whole) > 1e-4
+    for name, want in whole.items():
+        torch.testing.assert_close(ddp[name], want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    _ = L
