@@ -115,3 +115,17 @@ def test_quickstart_accumulated_weights_equal_one_micro_batch(tmp_path):
     for name, want in whole.items():
         torch.testing.assert_close(accumulated[name], want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
     assert max(float((plain[k] - whole[k]).abs().max()) for k in whole) > 1e-4  # measured 4.6e-4 (accumulated: 5.6e-7)
+
+
+def test_locked_image_tower_accumulates_like_the_whole_batch():
+    """LiT (optim.lock_image): the frozen tower's features carry no graph; the rest still matches."""
+    batch = cases.batch(8, seed=5, preset="micro_vit")
+
+    def locked(accumulation, micro):
+        m = cases.module("micro_vit", "clip", False, False, accumulation=accumulation, micro=micro)
+        m.model.lock_image_tower()
+        return m
+
+    whole, accumulated = cases.step(locked(1, 8), batch), cases.step(locked(4, 2), batch)
+    assert not any(name.startswith("visual.") for name in whole["grads"])
+    cases.assert_same_step(accumulated, whole, "locked image tower")
