@@ -36,13 +36,17 @@ def test_wandb_resume_continues_the_step_axis_and_tables_hold_real_images(tmp_pa
     args += ["logging.backend=wandb", "logging.offline=true", "data.num_workers=0", "eval.retrieval=[shapes]",
              "eval.max_samples=16", "eval.wandb_examples=4", f"out_dir={tmp_path}"]
     assert run("quickstart", [*args, "trainer.max_steps=3"]) == 0
+    import wandb
+
+    wandb.finish()  # what the end of the first process does: the resume is a new W&B session
     segment[0] = 1
     assert run("quickstart", [*args, "trainer.max_steps=6"]) == 0  # resumes from step 3
 
     train_steps = {s: sorted({step for seg, m, step in logged if seg == s and "train/loss" in m}) for s in (0, 1)}
     assert train_steps == {0: [0, 1, 2], 1: [3, 4, 5]}  # the resumed segment continues, no restart at 0
-    run_ids = {p.name.rsplit("-", 1)[1] for p in (tmp_path / "wandb").glob("offline-run-*")}
-    assert len(run_ids) == 1 and (tmp_path / "wandb_run_id.txt").read_text().strip() in run_ids
+    sessions = list((tmp_path / "wandb").glob("offline-run-*"))
+    run_ids = {p.name.rsplit("-", 1)[1] for p in sessions}
+    assert len(sessions) == 2 and len(run_ids) == 1 and (tmp_path / "wandb_run_id.txt").read_text().strip() in run_ids
 
     # Retrieval examples: real images, each the pixels of one of the evaluated images
     from clipl.data.config import ShapesConfig
