@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -79,6 +80,9 @@ def check_eval_spec(spec: str, field: str) -> list[Problem]:
     if scheme == "shapes":
         splits = ("", "train", "val", "shape", "colour")
         return [] if split in splits else [f"{field}: unknown shapes split {split!r}; splits: train, val, shape, colour"]
+    root, _, split = body.rpartition(":")
+    if root and "/" not in split and Path(root).expanduser().is_dir():  # "DIR:train": a clip_benchmark split
+        body = root
     p = Path(body).expanduser()
     if p.is_dir():
         if any(p.glob("*.tar")) or any(d.is_dir() and not d.name.startswith(".") for d in p.iterdir()):
@@ -196,3 +200,19 @@ def validate(cfg: Any, own_data: bool = False) -> None:
     problems = config_problems(cfg, own_data)
     if problems:
         raise ConfigProblems(problems)
+
+
+def eval_command_problems(checkpoint: str, sets: dict[str, list[str]], out: Optional[str], device: str) -> list[Problem]:
+    """`clipl eval`'s arguments: the checkpoint, every set (``{"zeroshot": [...], ...}``), --out, --device."""
+    problems = []
+    if not re.match(r"^[a-z][a-z0-9+-]*:(?!//)", checkpoint) or checkpoint.startswith("local-dir:"):
+        problems += check_checkpoint(checkpoint.removeprefix("local-dir:"), "checkpoint")  # hub names: the loader's
+    for task, specs in sets.items():
+        for spec in specs or []:
+            problems += [p.replace(f"--{task}[0]", f"--{task.replace('_', '-')}", 1)
+                         for p in check_eval_spec(spec, f"--{task}[0]")]
+    if out:
+        problems += check_out_dir(out)
+    if device.startswith("cuda") and cuda_device_count() == 0:
+        problems.append(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
+    return [p.replace("out_dir=", "--out ", 1).replace("another out_dir", "another --out") for p in problems]

@@ -103,6 +103,12 @@ def _init_distributed(device: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `clipl eval`; returns the exit code."""
     args = build_parser().parse_args(argv)
+    from clipl.config.validate import ConfigProblems, eval_command_problems  # fail fast: before any loading
+
+    problems = eval_command_problems(str(args.checkpoint), {"zeroshot": args.zeroshot, "retrieval": args.retrieval,
+                                                            "linear_probe": args.linear_probe}, args.out, args.device)
+    if problems:
+        raise ConfigProblems(problems)
     _init_distributed(args.device)
     local = launcher_env()[0]
     device = torch.device(f"cuda:{local}") if args.device == "cuda" else torch.device(args.device)

@@ -163,3 +163,16 @@ def test_lightning_precision_aliases_are_normalised(alias, canonical):
 def test_unsupported_lightning_precision_names_the_field():
     with pytest.raises(ValueError, match=r"trainer\.precision.*'64-true'"):
         TrainerConfig(precision="64")
+
+
+def test_clipl_eval_fails_fast_listing_every_problem(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(validate_mod, "cuda_device_count", lambda: 0)
+    (tmp_path / "a_file").write_text("x")
+    t0 = time.perf_counter()
+    rc = cli.main(["eval", str(tmp_path / "nope.ckpt"), "--zeroshot", str(tmp_path / "classes"),
+                   "--linear-probe", "shapes:size", "--out", str(tmp_path / "a_file" / "out"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and time.perf_counter() - t0 < 10
+    lines = err.splitlines()
+    assert [line.split(":")[1].split()[0] for line in lines] == ["checkpoint=" + str(tmp_path / "nope.ckpt"),
+                                                                 "--zeroshot", "--linear-probe", "--out", "--device"]

@@ -84,7 +84,9 @@ def test_cli_overrides_and_state_dict(setup, capsys, tmp_path):
 
 def test_cli_errors(tmp_path, setup):
     _, _, _, ckpt = setup
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    from clipl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint=.*nope.ckpt: no such file"):  # `clipl` exits 2 with it
         cli.main([str(tmp_path / "nope.ckpt")])
     with pytest.raises(ValueError, match="nothing to evaluate"):
         cli.main([str(_no_eval_ckpt(tmp_path))])
