@@ -27,10 +27,19 @@ def _is_url(path: str) -> bool:
     return path.startswith("pipe:") or "://" in path
 
 
+IMAGE_EXTENSIONS = ("jpg", "png", "jpeg", "webp")
+"""Member extensions taken as the image, in order of preference (``data.image_key``'s default)."""
+
+
+def brace_expand(pattern: str) -> list[str]:
+    """"a/{000..009}.tar" -> the 10 names; the one expansion rule of the training and evaluation readers."""
+    return list(braceexpand(pattern))
+
+
 def expand_pattern(pattern: str, field: str = "data.train") -> list[str]:
     """Brace-expand (and glob, for local paths) one source pattern; error naming it if nothing matches."""
     out: list[str] = []
-    for item in braceexpand(pattern.strip()):
+    for item in brace_expand(pattern.strip()):
         if _is_url(item):
             out.append(item)
         elif any(c in item for c in "*?["):
@@ -169,7 +178,7 @@ def pick_caption(value, rng: np.random.Generator) -> str:
 class WebDatasetSource:
     """Tar shards in img2dataset layout ({key}.jpg|png|webp, {key}.txt, {key}.json)."""
 
-    def __init__(self, pattern: str, image_key: str = "jpg;png;jpeg;webp", caption_key: str = "txt",
+    def __init__(self, pattern: str, image_key: str = ";".join(IMAGE_EXTENSIONS), caption_key: str = "txt",
                  field: str = "data.train"):
         self.pattern = pattern
         self.shards = expand_pattern(pattern, field)

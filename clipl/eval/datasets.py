@@ -13,13 +13,14 @@ import json
 import math
 import tarfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from PIL import Image
 
+from clipl.data.webdataset import IMAGE_EXTENSIONS, brace_expand, split_member
 from clipl.eval.prompts import read_lines
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -74,7 +75,6 @@ def scan_image_folder(root: str | Path, name: Optional[str] = None) -> EvalSet:
 
 def expand_shards(spec: str) -> list[Path]:
     """Shard files of a brace pattern ("a/{000..009}.tar"), a single .tar, or a directory of .tar."""
-    from braceexpand import braceexpand
 
     p = Path(spec)
     if p.is_dir():
@@ -82,7 +82,7 @@ def expand_shards(spec: str) -> list[Path]:
         if not paths:
             raise FileNotFoundError(f"no .tar shards in directory {p}")
         return paths
-    paths = [Path(s) for s in braceexpand(spec)]
+    paths = [Path(s) for s in brace_expand(spec)]
     missing = [str(s) for s in paths if not s.is_file()]
     if missing:
         more = " ..." if len(missing) > 3 else ""
@@ -126,15 +126,14 @@ def _index_tar(path: Path, caption_lines: bool = False) -> list[Sample]:
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     with tarfile.open(path) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
-        for m in members:
-            stem, dot, ext = Path(m.name).name.partition(".")
-            key = str(Path(m.name).parent / stem)
-            groups.setdefault(key, {})[ext.lower()] = m
+        for m in members:  # the training reader's member rule: key = path up to the file name's first "."
+            key, ext = split_member(m.name)
+            groups.setdefault(key, {})[ext] = m
         small = ("cls", "txt", "json")  # read now; images are read lazily by byte range
         texts = {key: {e: tar.extractfile(m).read() for e, m in g.items() if e in small} for key, g in groups.items()}
     samples = []
     for key, g in groups.items():
-        img = next((e for e in ("jpg", "jpeg", "png", "webp") if e in g), None)
+        img = next((e for e in IMAGE_EXTENSIONS if e in g), None)
         if img is None:
             continue  # not an image sample (e.g. a stray metadata file)
         t = texts[key]
@@ -182,14 +181,17 @@ def load_image(source: Any, size: int) -> torch.Tensor:
         img = Image.open(data)
     else:
         img = Image.open(source)
-    img = img.convert("RGB")
-    w, h = img.size
-    # The long side follows torchvision's Resize(int): int(size * long / short).
-    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return _eval_transform(size)(img.convert("RGB"))
+
+
+@lru_cache(maxsize=8)
+def _eval_transform(size: int):
+    """torchvision's Resize(size, bicubic) + CenterCrop(size) on the PIL image: PIL does the resampling,
+    so this is bit-for-bit the hand-written resize-and-crop clipl used before (tested)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC), v2.CenterCrop(size),
+                       v2.PILToTensor()])
 
 
 def shard_indices(n: int, rank: int, world: int) -> tuple[list[int], list[bool]]:

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from clipl.eval.zero_shot import ZeroShotCounter, metrics_from_counts
 
@@ -83,7 +84,8 @@ def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(((x @ w.T + b).argmax(dim=1) == y).float().mean())
+    # Every rank holds all the (gathered) data here, so torchmetrics' functional form needs no sync.
+    return float(multiclass_accuracy(x @ w.T + b, y, num_classes=w.shape[0], average="micro"))
 
 
 def linear_probe(
