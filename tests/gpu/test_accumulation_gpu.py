@@ -20,18 +20,19 @@ pytestmark = pytest.mark.gpu
 GLOBAL, STEPS = 32, 3
 
 
-def _fit(micro: int, tmp_path, strategy: str = "deepspeed", steps: int = STEPS, callbacks=(), log_every: int = 1):
+def _fit(micro: int, tmp_path, strategy: str = "deepspeed", steps: int = STEPS, callbacks=(), log_every: int = 1,
+         precision: str = "bf16-mixed", preset: str = "rn50x4"):
     from clipl.config.schema import RunConfig
-    from clipl.models import preset
+    from clipl.models import preset as model_preset
     from clipl.module import CLIPModule
     from clipl.optim import OptimConfig
     from clipl.trainer import TrainerConfig, build_trainer, plan_for
 
     trainer_cfg = TrainerConfig(accelerator="gpu", devices="1", strategy=strategy, zero_stage=2,
-                                precision="bf16-mixed", micro_batch_size=micro, global_batch_size=GLOBAL,
+                                precision=precision, micro_batch_size=micro, global_batch_size=GLOBAL,
                                 max_steps=steps, gradient_clip_val=1.0, enable_progress_bar=False,
                                 enable_model_summary=False, log_every_n_steps=log_every)
-    cfg = RunConfig(model=preset("rn50x4"), optim=OptimConfig(lr=1e-4, warmup_steps=1), trainer=trainer_cfg,
+    cfg = RunConfig(model=model_preset(preset), optim=OptimConfig(lr=1e-4, warmup_steps=1), trainer=trainer_cfg,
                     out_dir=str(tmp_path))
     plan = plan_for(trainer_cfg)
     torch.manual_seed(0)
@@ -75,3 +76,11 @@ def test_no_device_sync_between_logging_steps(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(losses) == 8
+
+
+def test_fp16_loss_scaling_with_accumulation(tmp_path):
+    """16-mixed (GradScaler: each micro-batch's backward scaled, unscaled before clipping, fused AdamW):
+    vit_b32, k = 4 vs k = 1, losses within fp16 tolerance."""
+    whole = _fit(GLOBAL, tmp_path / "whole", strategy="auto", precision="16-mixed", preset="vit_b32")
+    accumulated = _fit(GLOBAL // 4, tmp_path / "acc", strategy="auto", precision="16-mixed", preset="vit_b32")
+    torch.testing.assert_close(torch.tensor(accumulated), torch.tensor(whole), rtol=1e-2, atol=1e-2)
