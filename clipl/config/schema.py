@@ -110,3 +110,29 @@ class RunConfig:
     """The run directory: config, checkpoints, logs and evaluation results."""
     seed: int = 0
     """Seed for model initialisation and the data order."""
+
+    def __post_init__(self) -> None:
+        check_logit_init(self.model, self.objective)
+
+
+def check_logit_init(model: Any, objective: Any) -> None:
+    """Refuse an initial temperature/bias that the run would silently ignore.
+
+    They live on both ModelConfig and the objective config; the model is built from the model's
+    values, except that an objective needing a bias (SigLIP) supplies both when the model has none
+    (CLIPModule.model_config). A value changed from its default on the side that is not used is an
+    error naming the side that is.
+    """
+    if not (hasattr(objective, "init_logit_scale") and hasattr(objective, "init_logit_bias")):
+        return
+    from_objective = objective.init_logit_bias is not None and model.init_logit_bias is None
+    unused, used = (model, objective) if from_objective else (objective, model)
+    unused_name, used_name = ("model", "objective") if from_objective else ("objective", "model")
+    default = type(unused)()
+    for name in ("init_logit_scale", "init_logit_bias"):
+        mine, theirs = getattr(unused, name), getattr(used, name)
+        if mine != getattr(default, name) and mine != theirs:
+            raise ValueError(
+                f"{unused_name}.{name}={mine} has no effect: the model is built with {used_name}.{name}={theirs} "
+                f"(objective {getattr(objective, 'name', '?')!r}, model.init_logit_bias="
+                f"{model.init_logit_bias}); set {used_name}.{name} instead")
