@@ -53,6 +53,9 @@ class OptimConfig:
     """Fused AdamW kernel; None: fused when every parameter lives on a CUDA device or the CPU (torch has
     fused kernels for both; on CPU it steps 3-7x faster than the per-parameter loop)."""
 
+    def __post_init__(self) -> None:
+        SCHEDULES.get(self.schedule)  # unknown names fail when the config is made, with close matches
+
 
 # Adam settings from the CLIP paper, keyed by image tower arch; anything not listed is
 # transformer-like and gets the ViT settings.

@@ -25,6 +25,14 @@ def did_you_mean(name: object, candidates: Iterable[str], n: int = 3, cutoff: fl
     return f" Did you mean {joiner.join(repr(c) for c in close)}?" if close else ""
 
 
+def check_one_of(field: str, value: object, choices: Iterable[str]) -> None:
+    """ValueError naming ``field``, the close matches and every choice unless ``value`` is one of ``choices``
+    (the ``__post_init__`` check of an enum-like string field: OmegaConf configs cannot be ``Literal``)."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{field}={value!r} is not one of {', '.join(map(repr, choices))}.{did_you_mean(value, choices)}")
+
+
 class Registry(Generic[V]):
     """Names -> values, with the errors a user can act on.
 

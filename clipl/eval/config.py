@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from clipl.registry import check_one_of
+
 
 @dataclass
 class EvalConfig:
@@ -41,7 +43,7 @@ class EvalConfig:
     (shapes, or a templates.txt beside the data) and otherwise "openai"."""
     linear_probe_position: str = "after"
     """Image features for the linear probe: "after" the projection (the CLIP embedding) or
-    "before" it (the tower's pooled features; ViT and ModifiedResNet towers)."""
+    "before" it (the tower's pooled features, from the Tower contract: every registered tower)."""
     linear_probe_train_fraction: float = 0.5
     """For a labelled set without a train/test split: the fraction used to train the probe."""
     linear_probe_val_fraction: float = 0.2
@@ -65,3 +67,6 @@ class EvalConfig:
     """Example retrievals (image with its top captions) sent to W&B per retrieval set."""
     seed: int = 0
     """Seed of the deterministic train/held-out splits of the linear probe."""
+
+    def __post_init__(self) -> None:
+        check_one_of("eval.linear_probe_position", self.linear_probe_position, ("after", "before"))

@@ -17,6 +17,7 @@ from torch import nn
 
 from clipl.models.layers import lock_groups
 from clipl.models.registry import register
+from clipl.registry import check_one_of
 from clipl.models.tower import PROJECTIONS, projection_layers
 
 _POOLERS = ("cls", "mean", "eot")
@@ -52,6 +53,10 @@ class HFTextConfig:
     pad_token_id: Optional[int] = None
     """Passed to the transformers config; None keeps every embedding row trainable (CLIP pads with
     id 0, which is also a real token). Models that derive positions from padding (RoBERTa) need one."""
+
+    def __post_init__(self) -> None:
+        check_one_of("text.pooler", self.pooler, _POOLERS)
+        check_one_of("text.proj", self.proj, PROJECTIONS)
 
 
 class HFTextTower(nn.Module):
@@ -140,9 +145,6 @@ def build_hf_text(cfg: HFTextConfig, embed_dim: int) -> HFTextTower:
         from transformers import AutoConfig, AutoModel
     except ImportError as err:
         raise ImportError("the Hugging Face text tower needs transformers: pip install 'clipl[hf]'") from err
-    for field, allowed in (("pooler", _POOLERS), ("proj", PROJECTIONS)):
-        if getattr(cfg, field) not in allowed:
-            raise ValueError(f"text.{field}={getattr(cfg, field)!r}: expected one of {', '.join(allowed)}")
     try:
         config = AutoConfig.for_model(cfg.model_type)
     except ValueError as err:

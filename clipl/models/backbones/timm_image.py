@@ -14,6 +14,7 @@ from torch import nn
 
 from clipl.models.layers import lock_groups
 from clipl.models.registry import register
+from clipl.registry import check_one_of
 from clipl.models.tower import PROJECTIONS, FreezableBatchNorm, projection_layers
 
 
@@ -38,6 +39,9 @@ class TimmImageConfig:
     """Dropout on the pooled features before the projection."""
     drop_path: Optional[float] = None
     """Stochastic-depth rate passed to timm (``drop_path_rate``); None keeps timm's default."""
+
+    def __post_init__(self) -> None:
+        check_one_of("image.proj", self.proj, PROJECTIONS)
 
 
 class TimmImageTower(FreezableBatchNorm, nn.Module):
@@ -103,7 +107,5 @@ def build_timm_image(cfg: TimmImageConfig, embed_dim: int) -> TimmImageTower:
         import timm
     except ImportError as err:
         raise ImportError("the timm image tower needs timm: pip install 'clipl[timm]'") from err
-    if cfg.proj not in PROJECTIONS:
-        raise ValueError(f"image.proj={cfg.proj!r}: expected one of {', '.join(PROJECTIONS)}")
     trunk = _create_trunk(timm, cfg)
     return TimmImageTower(trunk, embed_dim, cfg.image_size, cfg.proj, cfg.proj_bias, cfg.drop)
