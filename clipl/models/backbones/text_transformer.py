@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from clipl.models.layers import ACTIVATIONS, LayerNorm, Transformer, lock_groups, materialized, resolve_heads
+from clipl.models.layers import LayerNorm, Transformer, lock_groups, materialized, resolve_heads
 from clipl.models.registry import register
 
 
@@ -32,9 +32,6 @@ class TextTransformerConfig:
     """MLP hidden width as a multiple of width."""
     act: str = "quick_gelu"
     """MLP activation: "quick_gelu" (OpenAI's weights) or "gelu"."""
-
-    def __post_init__(self) -> None:
-        ACTIVATIONS.get(self.act, "text.act")
 
 
 class TextTransformer(nn.Module):

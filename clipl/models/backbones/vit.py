@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from clipl.models.layers import ACTIVATIONS, LayerNorm, Transformer, lock_groups, resolve_heads
+from clipl.models.layers import LayerNorm, Transformer, lock_groups, resolve_heads
 from clipl.models.registry import register
 
 
@@ -35,9 +35,6 @@ class ViTConfig:
     patch_dropout: float = 0.0
     """FLIP: fraction of patch tokens dropped per image in training (a random subset from torch's
     default generator; the class token is always kept); off in eval mode. 0 = the plain ViT."""
-
-    def __post_init__(self) -> None:
-        ACTIVATIONS.get(self.act, "image.act")
 
 
 class VisionTransformer(nn.Module):
