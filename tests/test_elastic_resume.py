@@ -59,10 +59,11 @@ def test_ddp_two_ranks_killed_resume_on_one_rank_two_workers(tmp_path):
     resumed_at = max(saved)
     assert 1 <= resumed_at < 8
     segment1 = set(out.glob("keys-*.txt"))
-    # 1 process, 2 loader workers, the same global batch of 64 (one micro-batch of 64; with contrastive
-    # accumulation, 2 x 32 gives the same loader batch).
-    cli(["run", str(recipe), *common, "trainer.devices=1", "trainer.strategy=auto", "data.num_workers=2",
-         "trainer.micro_batch_size=64"])
+    # 1 process, 2 loader workers, the same global batch of 64: the batch plan makes it 2 accumulated
+    # micro-batches of 32 (the loader yields the step's 64 samples per batch).
+    done = cli(["run", str(recipe), *common, "trainer.devices=1", "trainer.strategy=auto", "data.num_workers=2",
+                "trainer.micro_batch_size=32"])
+    assert "2 micro-batch" in done.stdout + done.stderr, done.stdout[-2000:]
     seen: Counter = Counter()
     steps: dict[bool, set] = {True: set(), False: set()}
     for path in out.glob("keys-*.txt"):
