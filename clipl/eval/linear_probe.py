@@ -14,7 +14,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from clipl.eval.zero_shot import ZeroShotCounter, metrics_from_counts
 
@@ -85,6 +84,10 @@ def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
     # Every rank holds all the (gathered) data here, so torchmetrics' functional form needs no sync.
+    # Imported here: torchmetrics takes seconds to import, and clipl.eval is on the config path that
+    # must fail fast (clipl.config.validate runs before anything heavy is imported).
+    from torchmetrics.functional.classification import multiclass_accuracy
+
     return float(multiclass_accuracy(x @ w.T + b, y, num_classes=w.shape[0], average="micro"))
 
 
