@@ -89,18 +89,9 @@ def run_stage(stage: int) -> dict:
 
 def main() -> None:
     out_path, port = sys.argv[1:3]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    torch.set_num_threads(1)
-    import deepspeed
-
-    from clipl.distributed.compat import patch_deepspeed_scalar_broadcast
-
-    patch_deepspeed_scalar_broadcast()  # logit_scale is 0-dim: see clipl.distributed.compat
-    deepspeed.init_distributed(dist_backend="gloo")
+    zero_worker.init_cpu_deepspeed(port, patch_scalar_broadcast=True)
     torch.save({stage: run_stage(stage) for stage in (1, 2, 3)}, out_path)
 
 
 if __name__ == "__main__":
-    _ = zero_worker  # the shared launcher lives there
     main()

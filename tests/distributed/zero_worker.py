@@ -162,14 +162,23 @@ def run_stage(out_dir: str, precision: str, model_name: str, stage_arg: str) -> 
                os.path.join(out_dir, f"ref{stage_arg}.pt"))
 
 
-def main() -> None:
-    out_dir, port, precision, model_name, *stages = sys.argv[1:]
+def init_cpu_deepspeed(port: str, patch_scalar_broadcast: bool = False) -> None:
+    """One gloo process group on CPU for DeepSpeed (the worker scripts' common start)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     torch.set_num_threads(1)
     import deepspeed
 
+    if patch_scalar_broadcast:
+        from clipl.distributed.compat import patch_deepspeed_scalar_broadcast
+
+        patch_deepspeed_scalar_broadcast()  # logit_scale is 0-dim: see clipl.distributed.compat
     deepspeed.init_distributed(dist_backend="gloo")
+
+
+def main() -> None:
+    out_dir, port, precision, model_name, *stages = sys.argv[1:]
+    init_cpu_deepspeed(port)
     for stage in stages:
         run_stage(out_dir, precision, model_name, stage)
 
