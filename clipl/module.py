@@ -30,7 +30,7 @@ from clipl.distributed.deepspeed import drops_nonfinite_steps, prepare_micro_bac
 from clipl.distributed.plan import BatchPlan
 from clipl.models.clip import CLIPOutput
 from clipl.objectives import effective_logit_scale
-from clipl.ranks import is_distributed
+from clipl.ranks import rank_and_world
 from clipl.rng import gather_rng_states, set_rng_state
 from clipl.step_stats import StepStats, Window, in_batch_accuracy
 
@@ -45,10 +45,11 @@ class NonFiniteLossError(RuntimeError):
 
 def _mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """Element-wise mean of ``values`` over all ranks (one all-reduce; logging steps only)."""
-    if is_distributed():
+    _, world = rank_and_world()
+    if world > 1:
         values = values.clone()
         dist.all_reduce(values)
-        values /= dist.get_world_size()
+        values /= world
     return values
 
 
