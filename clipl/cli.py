@@ -76,14 +76,27 @@ def cmd_run(argv: list[str], prog: str = "clipl run") -> int:
 def cmd_config(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from clipl.run import resolve, resolve_batch_plan
+    from clipl.config.parse import missing_problems, parse, structured
+    from clipl.run import checked, load_recipe, recipe_config, resolve_batch_plan
 
     if not argv:
         raise ConfigError("usage: clipl config RECIPE.py [--devices N] [--num-nodes M] [key=value ...]")
     # The run's flags too: the plan depends on the world (devices x nodes) it would run on.
     recipe, overrides = _split_run_args("clipl config", argv)
-    module, cfg = resolve(recipe, overrides)
-    plan = resolve_batch_plan(cfg)
+    module = load_recipe(recipe)
+    base = recipe_config(module, recipe)
+    node = structured(base, overrides)
+    missing = missing_problems(node)
+    if missing:
+        # A paper recipe leaves data.train for the launch on the cluster: show the config (``???``
+        # where a value is due) and its plan, and say what a run would still need.
+        print(OmegaConf.to_yaml(node), end="")
+        print(f"# {resolve_batch_plan(OmegaConf.to_object(node.trainer)).describe()}")
+        for problem in missing:
+            print(f"warning: {problem}", file=sys.stderr)
+        return 0
+    cfg = checked(parse(base, overrides))
+    plan = resolve_batch_plan(cfg.trainer)
     print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
     print(f"# {plan.describe()}")  # a YAML comment: the output stays a loadable config
     # The config may be meant for another machine, so what `run` would refuse here is only a warning.

@@ -61,27 +61,35 @@ def load_recipe(recipe: str | Path) -> ModuleType:
     return module
 
 
-def resolve(recipe: str | Path, overrides: list[str] | None = None) -> tuple[ModuleType, Any]:
-    """The recipe module and its validated config with ``overrides`` applied."""
-    module = load_recipe(recipe)
+def recipe_config(module: ModuleType, recipe: str | Path) -> Any:
+    """The recipe's ``config()``; a removed field passed as a keyword gets its replacement named."""
     try:
-        base = module.config()
+        return module.config()
     except TypeError as e:
         removed = removed_keyword_error(e)
         if removed is None:
             raise
         raise ConfigError(f"recipe {recipe_path(recipe)}: {removed}") from None
-    cfg = parse(base, overrides)
-    _check_combinations(cfg)
-    return module, cfg
 
 
-def resolve_batch_plan(cfg: Any) -> BatchPlan:
-    """The run's batch plan from its trainer config and world; an impossible one is a ConfigError."""
+def resolve(recipe: str | Path, overrides: list[str] | None = None) -> tuple[ModuleType, Any]:
+    """The recipe module and its validated config with ``overrides`` applied."""
+    module = load_recipe(recipe)
+    return module, checked(parse(recipe_config(module, recipe), overrides))
+
+
+def resolve_batch_plan(trainer: Any) -> BatchPlan:
+    """The run's batch plan from its TrainerConfig and world; an impossible one is a ConfigError."""
     try:
-        return plan_for(cfg.trainer)
+        return plan_for(trainer)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def checked(cfg: Any) -> Any:
+    """``cfg`` after the checks that span fields (ConfigError on the first that fails)."""
+    _check_combinations(cfg)
+    return cfg
 
 
 def _check_combinations(cfg: Any) -> None:
@@ -198,7 +206,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.config.validate import validate
 
     module, cfg = resolve(recipe, overrides)
-    plan = resolve_batch_plan(cfg)  # once, before anything is built; everything below is handed it
+    plan = resolve_batch_plan(cfg.trainer)  # once, before anything is built; everything below is handed it
     # Fail fast: data paths, eval sets, devices, precision, checkpoints and out_dir are checked before
     # Lightning or the model are even imported; every problem is reported at once.
     validate(cfg, own_data=callable(getattr(module, "datamodule", None)))

@@ -35,7 +35,7 @@ def test_docstring_states_the_plan_on_8_64_and_256_gpus(name):
         overrides = [*_required(name), "trainer.devices=8", f"trainer.num_nodes={gpus // 8}"]
         overrides += (line["extra"] or "").split()
         _, cfg = resolve(name, overrides)
-        plan = resolve_batch_plan(cfg)
+        plan = resolve_batch_plan(cfg.trainer)
         assert int(line["world"]) == gpus == plan.world_size
         assert int(line["contrastive"].replace(",", "")) == plan.contrastive_batch_size, line.string
         assert int(line["accumulation"]) == plan.accumulation, line.string

@@ -77,7 +77,7 @@ def losses(out_dir: Path) -> dict[int, float]:
     [
         (["config", "quickstart", "trainer.max_stepz=3"], "trainer.max_steps"),
         (["config", "quickstart", "trainer.max_steps=three"], "trainer.max_steps"),
-        (["config", "rn50"], "data=shapes"),
+        (["run", "rn50"], "data=shapes"),  # `clipl config` only warns: see test_config_of_a_paper_recipe_without_data_prints_the_plan
         (["run", "quickstart", "--devcies", "2"], "--devcies"),
         (["config", "quickstart", "data.batch_size=32"], "trainer.micro_batch_size"),
         (["config", "rn50x4", "data=shapes", "--devices", "256"], "trainer.micro_batch_size that divides 128"),
@@ -113,6 +113,21 @@ def test_config_prints_the_batch_plan(flags, plan, capsys):
     assert "micro_batch_size: 256" in out and "global_batch_size: 32768" in out
 
 
+def test_config_of_a_paper_recipe_without_data_prints_the_plan(capsys):
+    # The command as written: the paper recipes leave data.train for the launch, so `clipl
+    # config` shows `???` there, the plan, and a warning naming the field (a run would refuse it).
+    from clipl.cli import main
+
+    assert main(["config", "recipes/rn50x4.py", "--devices", "8"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "  train: ???" in lines
+    assert lines[-1].startswith("# batch plan: global 32,768") and "contrastive batch 32,768" in lines[-1]
+    assert captured.err.startswith("warning: data.train: missing; ")
+    assert main(["run", "recipes/rn50x4.py", "--devices", "8"]) == 2  # the run itself still refuses
+    assert "error: data.train: missing" in capsys.readouterr().err
+
+
 def test_impossible_plan_stops_the_run_before_anything_is_built(tmp_path):
     # 100 is no multiple of micro 64 x 1 rank: exit 2 naming both fields and the nearest valid values,
     # before the data set is generated, a model is built or the run directory is made.
@@ -139,7 +154,7 @@ def test_datamodule_yields_the_plans_per_device_batch(tmp_path):
     # holds all 128 (the module splits it); validation batches are one micro-batch.
     module, cfg = resolve("quickstart", [*TINY, "trainer.global_batch_size=128", "trainer.micro_batch_size=32",
                                          "data.num_workers=0", "data.val=shapes", f"data.shapes.cache_dir={tmp_path}"])
-    plan = resolve_batch_plan(cfg)
+    plan = resolve_batch_plan(cfg.trainer)
     assert (plan.accumulation, plan.per_device_batch_size) == (4, 128)
     data = build_datamodule(module, cfg, plan)
     data.prepare_data()
@@ -147,7 +162,7 @@ def test_datamodule_yields_the_plans_per_device_batch(tmp_path):
     assert [len(b["key"]) for b in data.val_dataloader()] == [32, 32]
     # A recipe's own datamodule(cfg, plan) gets the same plan.
     module, cfg = resolve("custom", ["trainer.global_batch_size=24", "trainer.micro_batch_size=8", "data.num_workers=0"])
-    plan = resolve_batch_plan(cfg)
+    plan = resolve_batch_plan(cfg.trainer)
     assert next(iter(build_datamodule(module, cfg, plan).train_dataloader()))["image"].shape[0] == 24
 
 

@@ -157,16 +157,28 @@ def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
         raise ConfigProblems(problems)
 
 
-def parse(base: Any, overrides: list[str] | None = None) -> Any:
-    """The recipe's dataclass config with ``overrides`` applied, validated, as dataclasses again."""
+def structured(base: Any, overrides: list[str] | None = None) -> Any:
+    """The recipe's config as a strict OmegaConf node with ``overrides`` applied (mandatory fields may
+    still be ``???``: :func:`missing_problems` lists them)."""
     _check_removed_attributes(base)
     node = OmegaConf.structured(base)
     OmegaConf.set_struct(node, True)
     apply_overrides(node, list(overrides or []))
-    missing = sorted(OmegaConf.missing_keys(node))
+    return node
+
+
+def missing_problems(node: Any) -> list[str]:
+    """One line per mandatory field the node leaves unset, with how to fill it."""
+    return [f"{k}: missing; {MISSING_HINTS.get(k, 'set it with ' + k + '=VALUE')}"
+            for k in sorted(OmegaConf.missing_keys(node))]
+
+
+def parse(base: Any, overrides: list[str] | None = None) -> Any:
+    """The recipe's dataclass config with ``overrides`` applied, validated, as dataclasses again."""
+    node = structured(base, overrides)
+    missing = missing_problems(node)
     if missing:
-        raise ConfigProblems([f"{k}: missing; {MISSING_HINTS.get(k, 'set it with ' + k + '=VALUE')}"
-                              for k in missing])
+        raise ConfigProblems(missing)
     try:
         return OmegaConf.to_object(node)  # runs the dataclasses' own validation (__post_init__)
     except (OmegaConfBaseException, ValueError) as e:
