@@ -18,28 +18,17 @@ import dataclasses
 import json
 import statistics
 
-import torch
-
 import time
 
+import torch
+
 import train_step
-from train_step import Side, _preset, _sync, clipl_side, interleave, synthetic_batches
+from train_step import Side, _preset, clipl_side, interleave, synthetic_batches
 
 
-class ClockedSide(Side):
-    """A train_step.Side timed with ``clock`` (time.perf_counter or time.process_time)."""
-
-    def __init__(self, side: Side, clock):
-        super().__init__(side.step, side.device)
-        self.clock = clock
-
-    def run(self, batches) -> float:
-        _sync(self.device)
-        start = self.clock()
-        for b in batches:
-            self.step(b)
-        _sync(self.device)
-        return sum(len(b["key"]) for b in batches) / (self.clock() - start)
+def clocked(side: Side, clock) -> Side:
+    """``side`` timed with ``clock`` (time.perf_counter or time.process_time)."""
+    return Side(side.step, side.device, clock)
 
 
 def image_tower_side(system, precision, device) -> Side:
@@ -79,10 +68,10 @@ def bench(name, batch, p, precision, device, steps, warmup, rounds, clock=time.p
     dropped = build(name, p, precision, device, state=plain.model.state_dict())
     m = plain.model
     batches = synthetic_batches(warmup + steps, batch, m.image_size, m.context_length, device)
-    a, b = interleave(ClockedSide(clipl_side(dropped, precision, device), clock),
-                      ClockedSide(clipl_side(plain, precision, device), clock), batches, warmup, rounds)
-    ta, tb = interleave(ClockedSide(image_tower_side(dropped, precision, device), clock),
-                        ClockedSide(image_tower_side(plain, precision, device), clock), batches, warmup, rounds)
+    a, b = interleave(clocked(clipl_side(dropped, precision, device), clock),
+                      clocked(clipl_side(plain, precision, device), clock), batches, warmup, rounds)
+    ta, tb = interleave(clocked(image_tower_side(dropped, precision, device), clock),
+                        clocked(image_tower_side(plain, precision, device), clock), batches, warmup, rounds)
     f_drop, f_plain = model_flops(dropped.config.model), model_flops(plain.config.model)
     return {"case": "patch_dropout", "preset": name, "batch": batch, "patch_dropout": p, "precision": precision,
             "device": str(device), "steps": steps, "rounds": rounds,
