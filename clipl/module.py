@@ -90,15 +90,6 @@ class CLIPModule(L.LightningModule):
         self._ds_drops: bool | None = None  # DeepSpeed discards non-finite steps itself (found once)
 
     # ----------------------------------------------------------------------------------- building
-    def model_config(self) -> Any:
-        """The model config, with the objective's initial temperature/bias when it needs a bias."""
-        cfg, ocfg = self.config.model, self.config.objective
-        if ocfg.init_logit_bias is not None and cfg.init_logit_bias is None:
-            cfg = dataclasses.replace(
-                cfg, init_logit_scale=ocfg.init_logit_scale, init_logit_bias=ocfg.init_logit_bias
-            )
-        return cfg
-
     def configure_model(self) -> None:
         if self.model is not None:  # idempotent: Lightning may call it more than once
             return
@@ -113,7 +104,7 @@ class CLIPModule(L.LightningModule):
             # objective's own cross-rank check (an all-gather read by the host every step) is redundant.
             objective = dataclasses.replace(objective, check_batch_sizes=False)
         self.objective = build_objective(objective)
-        model = CLIPModel.from_config(self.model_config())
+        model = CLIPModel.from_config(self.config.model)
         if self.config.model.init_from:  # pretrained towers (a resumed checkpoint still overwrites them)
             from clipl.models.init_from import init_from
 

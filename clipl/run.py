@@ -62,7 +62,8 @@ def load_recipe(recipe: str | Path) -> ModuleType:
 
 
 def recipe_config(module: ModuleType, recipe: str | Path) -> Any:
-    """The recipe's ``config()``; a removed field passed as a keyword gets its replacement named."""
+    """The recipe's ``config()``; a removed field passed as a keyword gets its replacement named, and a
+    value a config dataclass refuses (ValueError) is a ConfigError (exit 2, one line)."""
     try:
         return module.config()
     except TypeError as e:
@@ -70,6 +71,8 @@ def recipe_config(module: ModuleType, recipe: str | Path) -> Any:
         if removed is None:
             raise
         raise ConfigError(f"recipe {recipe_path(recipe)}: {removed}") from None
+    except ValueError as e:  # a config dataclass's own validation (__post_init__): a field the user must fix
+        raise ConfigError(f"recipe {recipe_path(recipe)}: {str(e).splitlines()[0]}") from None
 
 
 def resolve(recipe: str | Path, overrides: list[str] | None = None) -> tuple[ModuleType, Any]:

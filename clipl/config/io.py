@@ -47,7 +47,11 @@ def _dataclass_of(tp: Any) -> type | None:
 
 
 def from_container(cls: type, data: dict, path: str = "") -> Any:
-    """Rebuild dataclass ``cls`` from plain ``data`` (as written by :func:`to_container`)."""
+    """Rebuild dataclass ``cls`` from plain ``data`` (as written by :func:`to_container`, perhaps by an
+    older clipl: a class with an ``upgrade_legacy(data) -> data`` static method renames old fields)."""
+    upgrade = getattr(cls, "upgrade_legacy", None)
+    if upgrade is not None:
+        data = upgrade(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

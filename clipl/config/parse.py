@@ -5,7 +5,10 @@ or a wrong type fails here, before any model is built. A few keys take a name in
 
     model=vit_b16          the whole model of a preset
     model.image=vit_b16    the image tower of a preset (model.text likewise)
-    objective=siglip       a registered objective with its defaults
+    objective=siglip       a registered objective with its defaults; an objective that names the model
+                           init it was designed for (SigLIP: model.init_logit_scale=ln 10,
+                           model.init_logit_bias=-10) also sets it on a model left at ModelConfig's
+                           defaults, unless the same command line sets either field itself
     data=shapes            the built-in captioned-shapes data set
 """
 
@@ -47,6 +50,10 @@ REMOVED_KEYS: dict[str, str] = {
     "and trainer.global_batch_size (samples per optimiser step over all ranks; default micro x devices x nodes)",
     "trainer.accumulate_grad_batches": "accumulation is derived: set trainer.global_batch_size (a multiple of "
     "trainer.micro_batch_size x devices x nodes; the quotient is the accumulation)",
+    "objective.init_logit_scale": "the initial temperature is a parameter of the model: set model.init_logit_scale "
+    "(objective=siglip sets SigLIP's init on a model left at its defaults)",
+    "objective.init_logit_bias": "the initial bias is a parameter of the model: set model.init_logit_bias "
+    "(objective=siglip sets SigLIP's init on a model left at its defaults)",
     "logging.every_n_steps": "it was never read; trainer.log_every_n_steps is the one logging interval (the "
     "training metrics, the only steps at which the CLIPModule reads values from the device, and the loggers)",
 }
@@ -112,6 +119,22 @@ def _set_objective(node: DictConfig, value: str) -> None:
     node.objective = OmegaConf.structured(objective_config(value))
 
 
+def _apply_model_init(node: DictConfig, explicit: set[str]) -> None:
+    """After ``objective=NAME``: give the model the init the objective was designed for (its
+    ``model_init``, e.g. SigLIP's ln 10 / -10) when the model is at ModelConfig's defaults for both and
+    the command line sets neither. The values live on the model only, so nothing is substituted later:
+    a model the user did configure is left alone, and RunConfig refuses it if it lacks a needed bias."""
+    from clipl.models.config import ModelConfig
+    from clipl.objectives.registry import objective_class
+
+    init = getattr(objective_class(node.objective.name), "model_init", None)
+    if init is None or any(f"model.{k}" in explicit for k in init):
+        return
+    if all(node.model[k] == getattr(ModelConfig, k) for k in init):
+        for k, v in init.items():
+            node.model[k] = v
+
+
 def _set_data(node: DictConfig, value: str) -> None:
     if value != "shapes":
         raise KeyError(f"data={value}: only data=shapes is a name; set data.train=PATH for other data")
@@ -131,6 +154,7 @@ def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
     """Merge ``key=value`` items into the structured ``node`` in order; raises ConfigProblems listing
     every bad item (one line each), not just the first."""
     problems = []
+    explicit: set[str] = set()  # keys this command line sets, in order
     for item in overrides:
         if "=" not in item:
             problems.append(f"override {item!r} is not of the form key=value")
@@ -139,6 +163,7 @@ def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
         key = key.strip()
         if key in REMOVED_KEYS:
             raise _removed(key)
+        explicit.add(key)
         try:
             if key in SHORTCUTS:
                 SHORTCUTS[key](node, value)
@@ -153,6 +178,8 @@ def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
             problems.append(f"{key}={value!r}: wrong type for {key} ({msg})")
         except OmegaConfBaseException as e:
             problems.append(f"{key}={value!r}: {str(e).splitlines()[0]}")
+    if "objective" in explicit and not problems:
+        _apply_model_init(node, explicit)
     if problems:
         raise ConfigProblems(problems)
 

@@ -13,6 +13,7 @@ from clipl.data.config import DataConfig
 from clipl.eval.config import EvalConfig
 from clipl.models.config import ModelConfig
 from clipl.objectives import ClipLossConfig
+from clipl.objectives.registry import check_model_fits
 from clipl.optim import OptimConfig
 from clipl.trainer import TrainerConfig
 
@@ -112,27 +113,20 @@ class RunConfig:
     """Seed for model initialisation and the data order."""
 
     def __post_init__(self) -> None:
-        check_logit_init(self.model, self.objective)
+        check_model_fits(self.model, self.objective)
 
-
-def check_logit_init(model: Any, objective: Any) -> None:
-    """Refuse an initial temperature/bias that the run would silently ignore.
-
-    They live on both ModelConfig and the objective config; the model is built from the model's
-    values, except that an objective needing a bias (SigLIP) supplies both when the model has none
-    (CLIPModule.model_config). A value changed from its default on the side that is not used is an
-    error naming the side that is.
-    """
-    if not (hasattr(objective, "init_logit_scale") and hasattr(objective, "init_logit_bias")):
-        return
-    from_objective = objective.init_logit_bias is not None and model.init_logit_bias is None
-    unused, used = (model, objective) if from_objective else (objective, model)
-    unused_name, used_name = ("model", "objective") if from_objective else ("objective", "model")
-    default = type(unused)()
-    for name in ("init_logit_scale", "init_logit_bias"):
-        mine, theirs = getattr(unused, name), getattr(used, name)
-        if mine != getattr(default, name) and mine != theirs:
-            raise ValueError(
-                f"{unused_name}.{name}={mine} has no effect: the model is built with {used_name}.{name}={theirs} "
-                f"(objective {getattr(objective, 'name', '?')!r}, model.init_logit_bias="
-                f"{model.init_logit_bias}); set {used_name}.{name} instead")
+    @staticmethod
+    def upgrade_legacy(data: dict) -> dict:
+        """A saved config (config.yaml, a checkpoint's hyper_parameters) of an older clipl, in today's
+        fields. Until 0.x the initial temperature/bias could also be set on the objective, and the model
+        took the objective's pair when the objective had a bias and the model none; that pair moves to
+        the model here, so old runs resume and old checkpoints rebuild the exact model they trained."""
+        objective = data.get("objective")
+        if not isinstance(objective, dict) or not {"init_logit_scale", "init_logit_bias"} & set(objective):
+            return data
+        objective = dict(objective)
+        scale, bias = objective.pop("init_logit_scale", None), objective.pop("init_logit_bias", None)
+        model = dict(data.get("model") or {})
+        if bias is not None and model.get("init_logit_bias") is None:
+            model.update(init_logit_bias=bias, **({} if scale is None else {"init_logit_scale": scale}))
+        return {**data, "model": model, "objective": objective}

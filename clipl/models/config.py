@@ -18,9 +18,12 @@ class ModelConfig:
     text: Any = None
     """Text tower config: any registered tower dataclass (TextTransformerConfig, HFTextConfig, ...)."""
     init_logit_scale: float = math.log(1 / 0.07)
-    """Initial log inverse temperature; CLIP uses ln(1/0.07). SigLIP uses ln(10)."""
+    """Initial log inverse temperature (the one source of it; objectives hold only their clamp): CLIP
+    uses ln(1/0.07), SigLIP ln(10). ``objective=siglip`` on the command line sets SigLIP's init on a
+    model left at these defaults (docs/recipes.md)."""
     init_logit_bias: Optional[float] = None
-    """Initial logit bias (SigLIP uses -10); None builds a model without a bias parameter."""
+    """Initial logit bias (SigLIP uses -10); None builds a model without a bias parameter, which an
+    objective that needs one (SigLIP) refuses when the config resolves."""
     grad_checkpointing: bool = False
     """Recompute tower activations in the backward pass to save memory."""
     init_from: Optional[str] = None

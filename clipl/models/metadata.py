@@ -89,17 +89,6 @@ def read_recorded_config(path: Path) -> Optional[ModelConfig]:
     return None
 
 
-def run_model_config(run_cfg: Any) -> ModelConfig:
-    """The model a training run built from its RunConfig: the objective's bias/temperature included.
-
-    Mirrors CLIPModule.model_config: an objective with a logit bias (SigLIP) gives the model one.
-    """
-    cfg, ocfg = run_cfg.model, run_cfg.objective
-    if getattr(ocfg, "init_logit_bias", None) is not None and cfg.init_logit_bias is None:
-        cfg = dataclasses.replace(cfg, init_logit_scale=ocfg.init_logit_scale, init_logit_bias=ocfg.init_logit_bias)
-    return cfg
-
-
 def architecture_name(cfg: ModelConfig) -> str:
     """The preset name when ``cfg`` is one (ignoring training-only fields), else ``custom-<hash>``.
 

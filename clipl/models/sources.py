@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 import torch
 
 from clipl.models.config import ModelConfig
-from clipl.models.metadata import read_recorded_config, run_model_config
+from clipl.models.metadata import read_recorded_config
 
 PathLike = Union[str, Path]
 # Prefixes that wrappers add to every key: DDP/DeepSpeed ("module."), the LightningModule attribute
@@ -90,7 +90,7 @@ def checkpoint_config(hp: dict, source: str) -> tuple[ModelConfig, Any]:
     except Exception:  # an older or foreign run schema: the model section alone still suffices
         run_cfg = None
     if run_cfg is not None:
-        return run_model_config(run_cfg), run_cfg
+        return run_cfg.model, run_cfg
     try:
         return from_container(ModelConfig, dict(hp["config"]["model"])), None
     except (KeyError, TypeError) as err:

@@ -6,6 +6,7 @@ from clipl.objectives.registry import (
     build_objective,
     list_objectives,
     objective_config,
+    objective_class,
     objective_config_class,
     register_objective,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "effective_logit_scale",
     "list_objectives",
     "objective_config",
+    "objective_class",
     "objective_config_class",
     "register_objective",
 ]

@@ -54,10 +54,6 @@ class ClipLossConfig(ObjectiveConfig):
 
     name: str = "clip"
     """Registered objective name."""
-    init_logit_scale: float = math.log(1 / 0.07)
-    """Initial log inverse temperature: ln(1/0.07) as in the CLIP paper."""
-    init_logit_bias: Optional[float] = None
-    """CLIP has no logit bias."""
     max_logit_scale: Optional[float] = 100.0
     """The paper clips the logit scale at 100 to keep training stable."""
 
@@ -72,6 +68,7 @@ class ClipLoss(nn.Module):
     """
 
     uses_logit_bias = False
+    model_init = None  # ModelConfig's defaults are CLIP's: ln(1/0.07), no bias
 
     def __init__(self, cfg: Optional[ClipLossConfig] = None, group=None):
         super().__init__()

@@ -8,16 +8,23 @@ A new objective is one file::
 
     @register_objective("my_loss", config=MyLossConfig)
     class MyLoss(nn.Module):
-        uses_logit_bias = False
+        uses_logit_bias = False     # True: the model must have a logit bias (model.init_logit_bias)
+        model_init = None           # or {"init_logit_scale": ..., "init_logit_bias": ...}: see below
         def __init__(self, cfg: MyLossConfig): ...
         def forward(self, image_features, text_features, logit_scale, logit_bias=None): ...
+
+The initial temperature and bias are the model's parameters and live on ``ModelConfig`` only
+(``model.init_logit_scale`` / ``model.init_logit_bias``); an objective config holds what the loss
+itself does (``max_logit_scale``, the clamp). An objective that needs a bias (``uses_logit_bias``)
+may name the model init it was designed for in ``model_init``: ``objective=NAME`` on the command line
+applies it to a model left at ModelConfig's defaults (clipl.config.parse), and a run whose model has
+no bias is refused when the config resolves (:func:`check_model_fits`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from torch import nn
 
@@ -30,10 +37,6 @@ class ObjectiveConfig:
 
     name: str = ""
     """Registered objective name; selects the loss module (e.g. "clip", "siglip")."""
-    init_logit_scale: float = math.log(1 / 0.07)
-    """Initial log inverse temperature the model builder gives ``logit_scale``."""
-    init_logit_bias: Optional[float] = None
-    """Initial logit bias the model builder gives ``logit_bias``; None: the model has no bias."""
     max_logit_scale: Optional[float] = 100.0
     """Upper bound on the effective scale exp(logit_scale), applied inside the loss; None: no bound."""
     check_batch_sizes: bool = True
@@ -55,6 +58,9 @@ def register_objective(name: str, config: type) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if not isinstance(getattr(cls, "uses_logit_bias", None), bool):
             raise TypeError(f"objective {cls.__name__} must define a bool `uses_logit_bias`")
+        init = getattr(cls, "model_init", None)
+        if init is not None and set(init) != {"init_logit_scale", "init_logit_bias"}:
+            raise TypeError(f"objective {cls.__name__}.model_init must set init_logit_scale and init_logit_bias")
         # A recipe file executed twice defines new but identical classes: not a name clash.
         same = lambda a, b: f"{a.__module__}.{a.__qualname__}" == f"{b.__module__}.{b.__qualname__}"  # noqa: E731
         OBJECTIVES.register(name, (config, cls), same=lambda old, new: all(map(same, old, new)))
@@ -87,6 +93,35 @@ def objective_config(name: str, /, **overrides) -> ObjectiveConfig:
     if "name" in overrides and overrides["name"] != name:
         raise ValueError(f"cannot override `name` of objective {name!r} with {overrides['name']!r}")
     return config_cls(**overrides)
+
+
+def objective_class(name: str) -> type:
+    """The module class registered for objective ``name`` (its ``uses_logit_bias``, ``model_init``)."""
+    return _lookup(name)[1]
+
+
+def model_init_hint(name: str) -> str:
+    """The overrides that give a model the init objective ``name`` was designed for (for messages)."""
+    init = getattr(objective_class(name), "model_init", None)
+    if init is None:
+        return "model.init_logit_bias=<initial bias>"
+    return " ".join(f"model.{k}={round(v, 4):g}" for k, v in sorted(init.items()))
+
+
+def check_model_fits(model: Any, objective: Any) -> None:
+    """Refuse an objective that needs a logit bias with a model built without one (ValueError).
+
+    The model's ``init_logit_bias`` is the only source of the bias: a loss cannot invent one, and
+    substituting a value here would be a second, hidden source of truth.
+    """
+    name = getattr(objective, "name", None)
+    if name not in OBJECTIVES or not objective_class(name).uses_logit_bias:
+        return
+    if getattr(model, "init_logit_bias", None) is None:
+        raise ValueError(
+            f"objective {name!r} needs a logit bias and model.init_logit_bias is null (the model would have "
+            f"no bias parameter): set {model_init_hint(name)} (the init {name!r} was designed for; "
+            f"objective={name} on the command line sets it on a model left at ModelConfig's defaults)")
 
 
 def build_objective(cfg: ObjectiveConfig) -> nn.Module:

@@ -39,10 +39,6 @@ class SigLipLossConfig(ObjectiveConfig):
 
     name: str = "siglip"
     """Registered objective name."""
-    init_logit_scale: float = math.log(10.0)
-    """Initial log inverse temperature: ln(10), as in the SigLIP paper."""
-    init_logit_bias: Optional[float] = -10.0
-    """Initial logit bias: -10, so that the many negatives start with a small loss."""
     max_logit_scale: Optional[float] = None
     """SigLIP does not clip its temperature (trained models end above 100); set to bound it."""
 
@@ -68,6 +64,9 @@ class SigLipLoss(nn.Module):
     """
 
     uses_logit_bias = True
+    # The SigLIP paper's init (the model's parameters, set on ModelConfig): t' = ln 10 and b = -10, so
+    # that the many negatives start with a small loss. objective=siglip applies it to a default model.
+    model_init = {"init_logit_scale": math.log(10.0), "init_logit_bias": -10.0}
 
     def __init__(self, cfg: Optional[SigLipLossConfig] = None, group=None):
         super().__init__()
@@ -84,8 +83,8 @@ class SigLipLoss(nn.Module):
     ) -> torch.Tensor:
         if logit_bias is None:
             raise ValueError(
-                "SigLipLoss needs a logit_bias; build the model with init_logit_bias set "
-                "(SigLipLossConfig.init_logit_bias, -10 by default)"
+                "SigLipLoss needs a logit_bias; build the model with model.init_logit_bias set "
+                "(SigLIP's init: model.init_logit_bias=-10 model.init_logit_scale=2.3026)"
             )
         if image_features.shape != text_features.shape or image_features.ndim != 2:
             raise ValueError(

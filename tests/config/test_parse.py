@@ -1,5 +1,7 @@
 """Recipe configs + key=value overrides: strict keys, typed values, shortcuts, YAML round trip."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -90,9 +92,9 @@ def test_tower_preset_shortcut_replaces_one_tower():
 
 
 def test_model_objective_and_data_shortcuts():
-    cfg = parse(base(), ["model=rn50", "objective=siglip", "data=shapes", "objective.init_logit_bias=-5"])
-    assert cfg.model == preset("rn50")
-    assert cfg.objective.name == "siglip" and cfg.objective.init_logit_bias == -5
+    cfg = parse(base(), ["model=rn50", "objective=siglip", "data=shapes", "model.init_logit_bias=-5"])
+    assert cfg.model == dataclasses.replace(preset("rn50"), init_logit_bias=-5)
+    assert cfg.objective.name == "siglip" and cfg.objective.max_logit_scale is None
     assert cfg.data.train == "shapes"
 
 

@@ -86,7 +86,7 @@ def test_lightning_deepspeed_bf16_fit_convert_reload(stage, tmp_path):
         torch.testing.assert_close(ckpt["state_dict"][name], want, rtol=0, atol=0, msg=name)
     assert ckpt["hyper_parameters"]["config"]["trainer"]["zero_stage"] == stage
 
-    model = CLIPModel.from_config(system.model_config())
+    model = CLIPModel.from_config(system.config.model)
     model.load_state_dict(openai_state_dict(ckpt), strict=True)
     model = model.cuda().eval()
     with torch.no_grad():

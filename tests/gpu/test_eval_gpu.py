@@ -76,7 +76,7 @@ def test_eval_callbacks_under_zero3_bf16(tmp_path):
     # must agree up to bf16 kernel differences on near-tied predictions.
     sd = {n[len("model."):]: safe_get_full_fp32_param(p).float().cpu()
           for n, p in system.named_parameters() if n.startswith("model.")}
-    model = CLIPModel.from_config(system.model_config())
+    model = CLIPModel.from_config(system.config.model)
     missing, _ = model.load_state_dict(sd, strict=False)
     assert not [k for k in missing if k in dict(model.named_parameters())]
     model = model.cuda().bfloat16()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -215,7 +217,8 @@ def test_clipl_checkpoint_rebuilds_the_runs_exact_model(tmp_path):
     from clipl.module import CLIPModule
     from clipl.objectives.sigmoid import SigLipLossConfig
 
-    cfg = RunConfig(model=preset("tiny_rn"), objective=SigLipLossConfig())
+    model = dataclasses.replace(preset("tiny_rn"), init_logit_scale=math.log(10), init_logit_bias=-10.0)
+    cfg = RunConfig(model=model, objective=SigLipLossConfig())
     system = CLIPModule(cfg)
     system.configure_model()
     path = tmp_path / "run.ckpt"

@@ -15,6 +15,7 @@ from clipl.objectives import (
     SigLipLossConfig,
     build_objective,
     list_objectives,
+    objective_class,
     objective_config,
     objective_config_class,
     register_objective,
@@ -25,11 +26,14 @@ def test_builtin_configs_and_init_values():
     assert {"clip", "siglip"} <= set(list_objectives())
     clip = objective_config("clip")
     assert isinstance(clip, ClipLossConfig) and clip.name == "clip"
-    assert clip.init_logit_scale == pytest.approx(math.log(1 / 0.07)) and clip.init_logit_bias is None
+    assert not hasattr(clip, "init_logit_scale") and not hasattr(clip, "init_logit_bias")  # ModelConfig's
     assert clip.max_logit_scale == 100.0
     sig = objective_config("siglip")
     assert isinstance(sig, SigLipLossConfig)
-    assert sig.init_logit_scale == pytest.approx(math.log(10)) and sig.init_logit_bias == -10.0
+    assert sig.max_logit_scale is None
+    assert objective_class("siglip").model_init == pytest.approx({"init_logit_scale": math.log(10),
+                                                                  "init_logit_bias": -10.0})
+    assert objective_class("siglip").uses_logit_bias and objective_class("clip").model_init is None
     assert objective_config_class("siglip") is SigLipLossConfig
 
 
