@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from clipl import cli
+from clipl.cli import lightning as cli_lightning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ class _FakeEntryPoint:
 
 def test_other_lightning_cli_keeps_its_commands(monkeypatch, capsys):
     other = _FakeEntryPoint()
-    monkeypatch.setattr(cli, "other_lightning_commands", lambda: [other])
+    monkeypatch.setattr(cli_lightning, "other_lightning_commands", lambda: [other])
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     assert cli.lightning_main(["login"]) == 0 and other.argv == ["lightning", "login"]
     assert cli.lightning_main(["run", "app", "app.py"]) == 0 and other.argv == ["lightning", "run", "app", "app.py"]
@@ -75,7 +76,7 @@ def test_clipl_says_what_to_do_when_lightning_is_not_its_script(tmp_path, monkey
     assert f"`lightning` on PATH ({fake})" in proc.stdout and "use `clipl run RECIPE`" in proc.stdout
     # with clipl's own script first on PATH there is nothing to say
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    assert cli.lightning_on_path() is None
+    assert cli_lightning.lightning_on_path() is None
 
 
 def test_lightning_itself_installs_no_lightning_script():

@@ -8,14 +8,12 @@ master weights live, partitioned, in the optimizer states; DeepSpeed's public
     clipl convert ZERO_DIR OUT.ckpt [--openai OUT.pt] [--tag TAG] [--overwrite]
 
 To hand weights to other tools (open_clip folders, Hugging Face, OpenAI layout) from any source,
-ZeRO folders included, use ``clipl export`` (clipl.models.export).
+ZeRO folders included, use ``clipl export`` (clipl.models.export). The command line is clipl.cli.convert.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -193,31 +191,3 @@ def export_openai(
     if cfg is not None and out.suffix != ".safetensors":
         write_sidecar(out, cfg)
     return out
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """``clipl convert ZERO_DIR OUT [--openai OUT2] [--tag TAG] [--overwrite] [--half]``."""
-    parser = argparse.ArgumentParser(prog="clipl convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("zero_dir", help="DeepSpeed checkpoint directory (contains `latest`)")
-    parser.add_argument("out", help="output fp32 checkpoint (.ckpt)")
-    parser.add_argument("--openai", metavar="OUT2", help="also write an OpenAI-layout state dict (.pt/.safetensors)")
-    parser.add_argument("--tag", help="checkpoint tag (default: the one named in `latest`)")
-    parser.add_argument("--prefix", default="model.", help="LightningModule attribute holding the CLIPModel")
-    parser.add_argument("--half", action="store_true", help="store the OpenAI export in fp16")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    args = parser.parse_args(argv)
-    if args.openai and Path(args.openai).exists() and not args.overwrite:
-        parser.error(f"{args.openai!r} exists; pass --overwrite to replace it")
-    try:
-        out = convert_zero_checkpoint(args.zero_dir, args.out, tag=args.tag, overwrite=args.overwrite)
-        print(f"wrote {out}")
-        if args.openai:
-            print(f"wrote {export_openai(out, args.openai, prefix=args.prefix, half=args.half, overwrite=args.overwrite)}")
-    except (FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"clipl convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

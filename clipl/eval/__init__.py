@@ -1,6 +1,6 @@
 """Evaluation as pure functions (no Lightning): zero-shot classification, retrieval, linear probe.
 
-The Lightning adapters are in clipl.callbacks; `clipl eval` (clipl.eval.cli) runs the same code on
+The Lightning adapters are in clipl.callbacks; `clipl eval` (clipl.cli.eval) runs the same code on
 a saved checkpoint.
 """
 

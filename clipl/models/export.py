@@ -1,4 +1,4 @@
-"""`clipl export SOURCE OUT --format openai|open_clip|hf`: hand clipl weights to other tools.
+"""`clipl export SOURCE OUT --format openai|open_clip|hf` (command: clipl.cli.export): hand clipl weights to other tools.
 
 SOURCE is anything clipl.models.weights.load_model reads (a clipl .ckpt, a DeepSpeed ZeRO checkpoint
 folder, a weights file, an open_clip or Hugging Face folder). Formats:
@@ -15,11 +15,9 @@ folder, a weights file, an open_clip or Hugging Face folder). Formats:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
@@ -84,28 +82,3 @@ def export(
     except ImportError as err:
         raise ImportError("--format hf needs transformers: pip install 'clipl[hf]'") from err
     return _new_folder(out, lambda tmp: write_hf_dir(tmp, cfg, sd))
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """``clipl export SOURCE OUT --format openai|open_clip|hf [--model NAME] [--half] [--overwrite]``."""
-    p = argparse.ArgumentParser(prog="clipl export", description=__doc__.split("\n\n")[0])
-    p.add_argument("source", help="clipl .ckpt, ZeRO checkpoint folder, weights file, open_clip or HF folder")
-    p.add_argument("out", help="output file (openai) or new folder (open_clip, hf)")
-    p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
-    p.add_argument("--model", help="clipl preset or open_clip model name: needed only for a bare state dict")
-    p.add_argument("--half", action="store_true", help="store floating tensors in fp16")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing openai-format file")
-    p.add_argument("--trust-torchscript", action="store_true", help="allow reading a TorchScript archive")
-    args = p.parse_args(argv)
-    try:
-        path = export(args.source, args.out, args.fmt, model=args.model, half=args.half, overwrite=args.overwrite,
-                      trust_torchscript=args.trust_torchscript)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError) as err:
-        print(f"clipl export: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from clipl.data.cli import main as data_cli
+from clipl.cli.data import main as data_cli
 from clipl.data.config import DataConfig
 from clipl.data.datamodule import CLIPDataModule
 from clipl.data.shapes import write_tar

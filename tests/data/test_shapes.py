@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from braceexpand import braceexpand
 
-from clipl.data.cli import main as data_cli
+from clipl.cli.data import main as data_cli
 from clipl.data.config import DataConfig, ShapesConfig
 from clipl.data.shapes import config_hash, ensure_shapes, write_shapes
 from clipl.data.shapes_render import COLOURS, SHAPES
