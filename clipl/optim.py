@@ -54,7 +54,25 @@ class OptimConfig:
     fused kernels for both; on CPU it steps 3-7x faster than the per-parameter loop)."""
 
     def __post_init__(self) -> None:
-        SCHEDULES.get(self.schedule)  # unknown names fail when the config is made, with close matches
+        # Every value checked when the config is made (a recipe or the command line), not when used.
+        SCHEDULES.get(self.schedule)  # a registry: a recipe may register its own
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        for key in ("lr", "image_lr", "text_lr", "weight_decay", "warmup_steps"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ValueError(f"optim.{key} must be >= 0, got {value}")
+        if self.eps <= 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for tower in ("image", "text"):
+            unlocked = getattr(self, f"lock_{tower}_unlocked_groups")
+            if unlocked < 0:
+                raise ValueError(f"optim.lock_{tower}_unlocked_groups must be >= 0, got {unlocked}")
+            if unlocked and not getattr(self, f"lock_{tower}"):
+                raise ValueError(f"optim.lock_{tower}_unlocked_groups={unlocked} has no effect without "
+                                 f"optim.lock_{tower}=true")
 
 
 # Adam settings from the CLIP paper, keyed by image tower arch; anything not listed is
@@ -131,19 +149,6 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     return out
 
 
-def _validate(cfg: OptimConfig) -> None:
-    if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
-        raise ValueError(f"optim.betas must be two numbers in [0, 1), got {cfg.betas}")
-    for key in ("lr", "image_lr", "text_lr"):
-        value = getattr(cfg, key)
-        if value is not None and value < 0:
-            raise ValueError(f"optim.{key} must be >= 0, got {value}")
-    if cfg.eps <= 0:
-        raise ValueError(f"optim.eps must be > 0, got {cfg.eps}")
-    if cfg.weight_decay < 0:
-        raise ValueError(f"optim.weight_decay must be >= 0, got {cfg.weight_decay}")
-
-
 _FUSED_DEVICES = ("cuda", "cpu")
 """Device types with a fused AdamW kernel in every torch this package supports (>= 2.4)."""
 
@@ -156,7 +161,6 @@ def build_optimizer(
     ``optimizer_class`` is another AdamW implementation taking the same groups and hyperparameters
     (DeepSpeedCPUAdam when DeepSpeed offloads the optimizer state; it has no ``fused`` switch).
     """
-    _validate(cfg)
     groups = param_groups(model, cfg)
     if optimizer_class is not torch.optim.AdamW:
         return optimizer_class(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -203,11 +207,6 @@ def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LambdaLR:
     """Per-step LambdaLR: warm-up then ``cfg.schedule``; one multiplier, so tower lr ratios hold."""
-    SCHEDULES.get(cfg.schedule)  # unknown names fail here, before training, with close matches
-    if cfg.warmup_steps < 0:
-        raise ValueError(f"optim.warmup_steps must be >= 0, got {cfg.warmup_steps}")
-    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
-        raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
     if total_steps <= cfg.warmup_steps and cfg.schedule != "constant":
         # Smoke runs of paper recipes (trainer.max_steps=2 with 2,000 warm-up steps) are legitimate:
         # the whole run is warm-up and the decay never starts. Say so rather than refuse.
@@ -224,14 +223,7 @@ def apply_locks(model: nn.Module, cfg: OptimConfig) -> None:
         ("image", cfg.lock_image, cfg.lock_image_unlocked_groups),
         ("text", cfg.lock_text, cfg.lock_text_unlocked_groups),
     ):
-        if unlocked < 0:
-            raise ValueError(f"optim.lock_{tower}_unlocked_groups must be >= 0, got {unlocked}")
-        if not locked:
-            if unlocked:
-                raise ValueError(
-                    f"optim.lock_{tower}_unlocked_groups={unlocked} has no effect without "
-                    f"optim.lock_{tower}=true"
-                )
+        if not locked:  # the values were checked by OptimConfig.__post_init__
             continue
         lock = getattr(model, f"lock_{tower}_tower", None)
         if lock is None:

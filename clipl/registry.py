@@ -7,9 +7,12 @@ up, listing and the error for an unknown name (with close matches) behave the sa
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import importlib
-from typing import Callable, Generic, Iterable, Iterator, Optional, TypeVar
+import typing
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 V = TypeVar("V")
 
@@ -25,12 +28,39 @@ def did_you_mean(name: object, candidates: Iterable[str], n: int = 3, cutoff: fl
     return f" Did you mean {joiner.join(repr(c) for c in close)}?" if close else ""
 
 
-def check_one_of(field: str, value: object, choices: Iterable[str]) -> None:
+def one_of_message(field: str, value: object, choices: Iterable[object]) -> str:
+    """"field='x' is not one of 'a', 'b'. Did you mean 'a'?": the one wording of a value outside its choices."""
+    choices = list(choices)
+    close = did_you_mean(value, [c for c in choices if isinstance(c, str)])
+    return f"{field}={value!r} is not one of {', '.join(map(repr, choices))}.{close}"
+
+
+def check_one_of(field: str, value: object, choices: Iterable[object]) -> None:
     """ValueError naming ``field``, the close matches and every choice unless ``value`` is one of ``choices``
-    (the ``__post_init__`` check of an enum-like string field: OmegaConf configs cannot be ``Literal``)."""
+    (the ``__post_init__`` check of an enum-like field whose choices come from a registry or a table)."""
     choices = list(choices)
     if value not in choices:
-        raise ValueError(f"{field}={value!r} is not one of {', '.join(map(repr, choices))}.{did_you_mean(value, choices)}")
+        raise ValueError(one_of_message(field, value, choices))
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple], ...]:
+    """(field name, choices) of every ``Literal[...]`` (or ``Optional[Literal[...]]``) field of dataclass ``cls``."""
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+        literals = [a for a in args if typing.get_origin(a) is typing.Literal]
+        if literals and name in {f.name for f in dataclasses.fields(cls)}:
+            out.append((name, tuple(typing.get_args(literals[0])) + ((None,) if type(None) in args else ())))
+    return tuple(out)
+
+
+def check_literals(obj: Any, section: str) -> None:
+    """The ``__post_init__`` check of every ``Literal`` field of dataclass ``obj`` (fields of section
+    ``section``, e.g. "eval"): a dataclass does not enforce its annotations, and a recipe builds configs
+    in Python, where OmegaConf's own check of the command line does not reach."""
+    for name, choices in _literal_fields(type(obj)):
+        check_one_of(f"{section}.{name}", getattr(obj, name), choices)
 
 
 class Registry(Generic[V]):

@@ -14,12 +14,14 @@ or a wrong type fails here, before any model is built. A few keys take a name in
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.nodes import LiteralNode
 
-from clipl.registry import did_you_mean
+from clipl.registry import did_you_mean, one_of_message
 
 
 class ConfigError(ValueError):
@@ -98,6 +100,16 @@ def _suggest(key: str, node: DictConfig) -> str:
     return did_you_mean(key, _leaf_keys(node), cutoff=0.6, joiner=" or ")
 
 
+def _literal_choices(node: DictConfig, key: str) -> tuple | None:
+    """The choices of the ``Literal`` field at dotted ``key``, or None for any other field."""
+    try:
+        for part in key.split("."):
+            node = node._get_node(part)
+    except (AttributeError, KeyError, OmegaConfBaseException):
+        return None
+    return typing.get_args(node.ref_type) if isinstance(node, LiteralNode) else None
+
+
 def _set_model(node: DictConfig, value: str) -> None:
     from clipl.models import preset
 
@@ -174,8 +186,11 @@ def apply_overrides(node: DictConfig, overrides: list[str]) -> None:
         except KeyError as e:  # unknown preset / objective name
             problems.append(f"{key}={value}: {e.args[0]}")
         except ValidationError as e:
-            msg = str(e).splitlines()[0]
-            problems.append(f"{key}={value!r}: wrong type for {key} ({msg})")
+            choices = _literal_choices(node, key)
+            if choices is not None:  # a Literal field: the same line as the dataclass's own check
+                problems.append(one_of_message(key, value, choices))
+            else:
+                problems.append(f"{key}={value!r}: wrong type for {key} ({str(e).splitlines()[0]})")
         except OmegaConfBaseException as e:
             problems.append(f"{key}={value!r}: {str(e).splitlines()[0]}")
     if "objective" in explicit and not problems:

@@ -32,6 +32,10 @@ class ShapesConfig:
     num_procs: int = 2
     """Processes used to generate shards (output does not depend on it)."""
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.caption_colour_prob <= 1.0:
+            raise ValueError(f"data.shapes.caption_colour_prob must be in [0, 1], got {self.caption_colour_prob}")
+
 
 @dataclass
 class DataConfig:
@@ -81,3 +85,20 @@ class DataConfig:
     """Pin host memory of batches (only used when an accelerator is present)."""
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     """The built-in shapes set used when `train` or `val` is "shapes"."""
+
+    def __post_init__(self) -> None:
+        # Values checked when the config is made; what needs the sources themselves (their number
+        # against train_weights, sizes) is checked when they are opened.
+        for key in ("num_workers", "shuffle_buffer"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"data.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("table_rows_per_shard", "open_shards", "max_image_pixels"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise ValueError(f"data.epoch_size must be >= 1 or null, got {self.epoch_size}")
+        if not 0.0 <= self.max_skip_rate <= 1.0:
+            raise ValueError(f"data.max_skip_rate must be in [0, 1], got {self.max_skip_rate}")
+        if not self.image_key.strip(" ;") or not self.caption_key.strip():
+            raise ValueError("data.image_key and data.caption_key name sample members (e.g. jpg;png and txt); "
+                             f"got {self.image_key!r} and {self.caption_key!r}")

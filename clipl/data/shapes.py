@@ -124,8 +124,6 @@ def _write_shard(cfg: ShapesConfig, split: str, shard: int, folder: str) -> tupl
 
 def write_shapes(cfg: ShapesConfig, root: str | Path) -> ShapesDataset:
     """Generate the whole set into `root` (created; existing shards are overwritten)."""
-    if not 0.0 <= cfg.caption_colour_prob <= 1.0:
-        raise ValueError(f"data.shapes.caption_colour_prob must be in [0, 1], got {cfg.caption_colour_prob}")
     root = Path(root)
     jobs = []
     for split in SPLITS:

@@ -62,8 +62,6 @@ class TableSource:
         n = len(self.paths)
         if n == 0:
             raise ValueError(f"{field}: table {path!r} has no rows")
-        if rows_per_shard < 1:
-            raise ValueError(f"data.table_rows_per_shard must be >= 1, got {rows_per_shard}")
         readers = max(1, readers)
         count = min(n, readers * -(-n // (readers * rows_per_shard)))
         bounds = [n * i // count for i in range(count + 1)]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
-from clipl.registry import check_one_of
+from clipl.registry import check_literals
 
 
 @dataclass
@@ -41,7 +41,7 @@ class EvalConfig:
     or a text file with one "{}" template per line, or clip_benchmark's templates JSON ("FILE.json"
     takes the entry named like the data set, "FILE.json:KEY" entry KEY); None uses the data set's own templates
     (shapes, or a templates.txt beside the data) and otherwise "openai"."""
-    linear_probe_position: str = "after"
+    linear_probe_position: Literal["after", "before"] = "after"
     """Image features for the linear probe: "after" the projection (the CLIP embedding) or
     "before" it (the tower's pooled features, from the Tower contract: every registered tower)."""
     linear_probe_train_fraction: float = 0.5
@@ -69,4 +69,7 @@ class EvalConfig:
     """Seed of the deterministic train/held-out splits of the linear probe."""
 
     def __post_init__(self) -> None:
-        check_one_of("eval.linear_probe_position", self.linear_probe_position, ("after", "before"))
+        check_literals(self, "eval")
+        for name in ("linear_probe_train_fraction", "linear_probe_val_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"eval.{name} must lie in (0, 1), got {getattr(self, name)}")

@@ -10,7 +10,7 @@ import contextlib
 import inspect
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 from torch import nn
@@ -54,12 +54,12 @@ def _check_pre_projection(tower: nn.Module) -> None:
 def model_encoders(
     model: nn.Module,
     device: torch.device | str,
-    position: str = "after",
+    position: Literal["after", "before"] = "after",
     convert_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
     forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Encoders:
     """Encoders of a clipl CLIPModel; ``convert_input``/``forward_context`` apply the run's precision."""
-    if position not in ("after", "before"):
+    if position not in ("after", "before"):  # a library function: callers other than EvalConfig exist
         raise ValueError(f"linear_probe_position must be 'after' or 'before', got {position!r}")
     device = torch.device(device)
     if position == "before":

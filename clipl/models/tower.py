@@ -13,13 +13,14 @@ forward hooks, which a plain method call would skip.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
 from torch import nn
 
-PROJECTIONS = ("linear", "mlp", "none")
+Projection = Literal["linear", "mlp", "none"]
 """Projection heads of the adapter towers (timm, transformers): see :func:`projection_layers`."""
+PROJECTIONS: tuple[str, ...] = get_args(Projection)
 
 
 @runtime_checkable

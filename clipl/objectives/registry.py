@@ -42,6 +42,10 @@ class ObjectiveConfig:
     check_batch_sizes: bool = True
     """Distributed only: verify every rank has the same local batch (one tiny all-gather per step)."""
 
+    def __post_init__(self) -> None:
+        if self.max_logit_scale is not None and self.max_logit_scale <= 0:
+            raise ValueError(f"objective.max_logit_scale must be > 0 or null, got {self.max_logit_scale}")
+
 
 OBJECTIVES: Registry[tuple[type, type]] = Registry("objective")
 """name -> (objective config dataclass, module class built as ``cls(cfg)``). The built-in objectives

@@ -185,7 +185,6 @@ def test_locking_resnet_freezes_bn_stats():
     [
         (ViTConfig(image_size=64, patch_size=7, width=64, layers=1), "multiple of patch_size"),
         (ViTConfig(image_size=64, patch_size=8, width=96, layers=1, heads=5), "image.heads"),
-        (ViTConfig(image_size=64, patch_size=8, width=64, layers=1, act="relu6"), "act='relu6'"),
         (ModifiedResNetConfig(image_size=70, width=16), "multiple of 32"),
         (ModifiedResNetConfig(image_size=64, width=16, layers=[1, 1, 1]), "exactly 4 stages"),
         (TextTransformerConfig(width=64, layers=1, heads=3), "text.heads"),
@@ -194,6 +193,12 @@ def test_locking_resnet_freezes_bn_stats():
 def test_bad_tower_config_errors(cfg, match):
     with pytest.raises(ValueError, match=match):
         build_tower(cfg, 32)
+
+
+@pytest.mark.parametrize("cls, field", [(ViTConfig, "image.act"), (TextTransformerConfig, "text.act")])
+def test_unknown_activation_is_refused_when_the_config_is_made(cls, field):
+    with pytest.raises(ValueError, match=rf"{field}='relu6' is not a known activation"):
+        cls(width=64, layers=1, act="relu6")
 
 
 def test_bad_model_config_errors():

@@ -10,17 +10,17 @@ after it (id 0 is also the real token "!") is masked out by position, not by id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
 
 from clipl.models.layers import lock_groups
 from clipl.models.registry import register
-from clipl.registry import check_one_of
-from clipl.models.tower import PROJECTIONS, projection_layers
+from clipl.models.tower import Projection, projection_layers
+from clipl.registry import check_literals
 
-_POOLERS = ("cls", "mean", "eot")
+Pooler = Literal["cls", "mean", "eot"]
 
 
 @dataclass
@@ -43,9 +43,9 @@ class HFTextConfig:
     """Token-embedding rows; 49408 matches clipl's CLIP tokenizer."""
     context_length: int = 77
     """Maximum tokens per text (``max_position_embeddings``)."""
-    pooler: str = "eot"
+    pooler: Pooler = "eot"
     """How token features become one vector: "cls" (first token), "mean" (over real tokens), "eot"."""
-    proj: str = "linear"
+    proj: Projection = "linear"
     """Projection to embed_dim: "linear", "mlp" (Linear-GELU-Linear, hidden (hidden_size + embed_dim) // 2)
     or "none" (hidden == embed_dim)."""
     proj_bias: bool = False
@@ -55,8 +55,7 @@ class HFTextConfig:
     id 0, which is also a real token). Models that derive positions from padding (RoBERTa) need one."""
 
     def __post_init__(self) -> None:
-        check_one_of("text.pooler", self.pooler, _POOLERS)
-        check_one_of("text.proj", self.proj, PROJECTIONS)
+        check_literals(self, "model.text")
 
 
 class HFTextTower(nn.Module):

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from clipl.models.layers import LayerNorm, Transformer, lock_groups, materialized, resolve_heads
+from clipl.models.layers import ACTIVATIONS, LayerNorm, Transformer, lock_groups, materialized, resolve_heads
 from clipl.models.registry import register
 
 
@@ -31,7 +31,11 @@ class TextTransformerConfig:
     mlp_ratio: float = 4.0
     """MLP hidden width as a multiple of width."""
     act: str = "quick_gelu"
-    """MLP activation: "quick_gelu" (OpenAI's weights) or "gelu"."""
+    """MLP activation: "quick_gelu" (OpenAI's weights) or "gelu" (any name registered in
+    clipl.models.layers.ACTIVATIONS)."""
+
+    def __post_init__(self) -> None:
+        ACTIVATIONS.get(self.act, "model.text.act")  # a registry: a recipe may register its own activation
 
 
 class TextTransformer(nn.Module):

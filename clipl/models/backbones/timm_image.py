@@ -14,8 +14,8 @@ from torch import nn
 
 from clipl.models.layers import lock_groups
 from clipl.models.registry import register
-from clipl.registry import check_one_of
-from clipl.models.tower import PROJECTIONS, FreezableBatchNorm, projection_layers
+from clipl.models.tower import FreezableBatchNorm, Projection, projection_layers
+from clipl.registry import check_literals
 
 
 @dataclass
@@ -30,7 +30,7 @@ class TimmImageConfig:
     """Input resolution; passed to timm as ``img_size`` for models that take it (ViTs, ...)."""
     pool: str = "avg"
     """timm ``global_pool``: "avg", "max", "token" (class token, ViTs), "avgmax", ... as the model allows."""
-    proj: str = "linear"
+    proj: Projection = "linear"
     """Projection to embed_dim: "linear", "mlp" (Linear-GELU-Linear, hidden (features + embed_dim) // 2)
     or "none" (features == embed_dim)."""
     proj_bias: bool = False
@@ -41,7 +41,7 @@ class TimmImageConfig:
     """Stochastic-depth rate passed to timm (``drop_path_rate``); None keeps timm's default."""
 
     def __post_init__(self) -> None:
-        check_one_of("image.proj", self.proj, PROJECTIONS)
+        check_literals(self, "model.image")
 
 
 class TimmImageTower(FreezableBatchNorm, nn.Module):

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from clipl.models.layers import LayerNorm, Transformer, lock_groups, resolve_heads
+from clipl.models.layers import ACTIVATIONS, LayerNorm, Transformer, lock_groups, resolve_heads
 from clipl.models.registry import register
 
 
@@ -31,10 +31,14 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     """MLP hidden width as a multiple of width."""
     act: str = "quick_gelu"
-    """MLP activation: "quick_gelu" (OpenAI's weights) or "gelu"."""
+    """MLP activation: "quick_gelu" (OpenAI's weights) or "gelu" (any name registered in
+    clipl.models.layers.ACTIVATIONS)."""
     patch_dropout: float = 0.0
     """FLIP: fraction of patch tokens dropped per image in training (a random subset from torch's
     default generator; the class token is always kept); off in eval mode. 0 = the plain ViT."""
+
+    def __post_init__(self) -> None:
+        ACTIVATIONS.get(self.act, "model.image.act")  # a registry: a recipe may register its own activation
 
 
 class VisionTransformer(nn.Module):
