@@ -16,6 +16,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
+from clipl.data.wds_format import Members
 from clipl.eval.config import EvalConfig
 from clipl.eval.results import checkpoint_name, write_result
 from clipl.models.metadata import architecture_name
@@ -45,6 +46,7 @@ class EvalCallback(L.Callback):
         model_name: Optional[str] = None,
         pretrained: Optional[str] = None,
         shapes: Any = None,
+        members: Optional[Members] = None,
     ):
         super().__init__()
         if isinstance(datasets, str):
@@ -59,6 +61,8 @@ class EvalCallback(L.Callback):
         self.pretrained = pretrained
         """clip_benchmark's ``pretrained`` before "@step<N>"; None: ``out_dir`` (the run)."""
         self.shapes = shapes
+        self.members = members
+        """WebDataset member rules (the run's data.image_key/caption_key); None: the defaults."""
         self._sets: Optional[list] = None
         self._last_step: Optional[int] = None
         self.last_metrics: dict[str, float] = {}

@@ -18,7 +18,8 @@ class LinearProbeEval(EvalCallback):
 
     def resolve(self) -> list:
         c = self.cfg
-        return [p for spec in self.specs for p in resolve_probe(spec, self.shapes, c.linear_probe_train_fraction, c.seed)]
+        return [p for spec in self.specs
+                for p in resolve_probe(spec, self.shapes, c.linear_probe_train_fraction, c.seed, self.members)]
 
     def evaluate(self, enc, trainer, pl_module):
         out = []

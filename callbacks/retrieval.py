@@ -18,7 +18,7 @@ class RetrievalEval(EvalCallback):
     task = "retrieval"
 
     def resolve(self) -> list:
-        return [s for spec in self.specs for s in resolve(spec, "retrieval", self.shapes)]
+        return [s for spec in self.specs for s in resolve(spec, "retrieval", self.shapes, self.members)]
 
     def evaluate(self, enc, trainer, pl_module):
         out = []

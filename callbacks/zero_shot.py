@@ -25,7 +25,7 @@ class ZeroShotEval(EvalCallback):
         self._classifiers: dict[str, torch.Tensor] = {}
 
     def resolve(self) -> list:
-        return [s for spec in self.specs for s in resolve(spec, "zeroshot", self.shapes)]
+        return [s for spec in self.specs for s in resolve(spec, "zeroshot", self.shapes, self.members)]
 
     def evaluate(self, enc, trainer, pl_module):
         frozen = text_tower_frozen(pl_module.model)

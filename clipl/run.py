@@ -222,6 +222,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from clipl.callbacks import build_eval_callbacks
+    from clipl.data.wds_format import Members
     from clipl.callbacks.throughput import PerfMonitor
     from clipl.checkpointing import checkpoint_callbacks, checkpoint_io
     from clipl.module import CLIPModule
@@ -243,7 +244,7 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     io = checkpoint_io(cfg.checkpoint, out_dir, saving, deepspeed=cfg.trainer.strategy == "deepspeed",
                        on_gpu=uses_cuda(cfg.trainer))
     callbacks = saving + [PerfMonitor.from_config(cfg, plan)]
-    callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes)
+    callbacks += build_eval_callbacks(cfg.eval, str(out_dir), shapes=cfg.data.shapes, members=Members.of(cfg.data))
     if callable(getattr(module, "callbacks", None)):
         callbacks += list(module.callbacks(cfg))
     requeue = SlurmRequeue()  # SLURM's requeue signal: checkpoint at a step boundary, requeue, exit 143

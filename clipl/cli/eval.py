@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import torch
 
+from clipl.data.config import DataConfig
+from clipl.data.wds_format import Members
 from clipl.eval.config import EvalConfig
 from clipl.eval.results import checkpoint_name, format_table, write_result
 from clipl.models.metadata import architecture_name
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int)
     p.add_argument("--max-samples", type=int)
     p.add_argument("--linear-probe-position", choices=["after", "before"])
+    p.add_argument("--image-key", help="WebDataset sets: image member extension(s), ';'-separated (default: the "
+                                       "run's data.image_key, else jpg;png;jpeg;webp)")
+    p.add_argument("--caption-key", help="WebDataset sets: caption member, 'ext' or 'ext:json_field' (default: the "
+                                         "run's data.caption_key, else txt)")
     p.add_argument("--trust-torchscript", action="store_true",
                    help="allow loading an OpenAI TorchScript archive (it can run code: only trusted files)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -92,6 +98,12 @@ def _eval_config(args: argparse.Namespace, run_cfg: Any) -> EvalConfig:
     return cfg
 
 
+def _members(args: argparse.Namespace, run_cfg: Any) -> Members:
+    """WebDataset member rules: the flags, else the run's data.image_key/caption_key, else the defaults."""
+    data = getattr(run_cfg, "data", None) or DataConfig()
+    return Members.from_keys(args.image_key or data.image_key, args.caption_key or data.caption_key)
+
+
 def _init_distributed(device: str) -> None:
     local_rank, world = launcher_env()
     if world > 1 and not initialized():
@@ -115,6 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     model, run_cfg, step = load_for_eval(args.checkpoint, args.model, args.trust_torchscript)
     cfg = _eval_config(args, run_cfg)
     shapes = getattr(getattr(run_cfg, "data", None), "shapes", None)
+    members = _members(args, run_cfg)
     model = model.to(device)
     if args.precision == "32-true":
         ctx = contextlib.nullcontext
@@ -125,13 +138,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     with eval_mode(model):
         for spec in cfg.zeroshot:
-            for s in resolve(spec, "zeroshot", shapes):
+            for s in resolve(spec, "zeroshot", shapes, members):
                 rows.append(("zeroshot", s.name, run_zero_shot(enc, s, cfg).metrics))
         for spec in cfg.retrieval:
-            for s in resolve(spec, "retrieval", shapes):
+            for s in resolve(spec, "retrieval", shapes, members):
                 rows.append(("retrieval", s.name, run_retrieval(enc, s, cfg).metrics))
         for spec in cfg.linear_probe:
-            for ps in resolve_probe(spec, shapes, cfg.linear_probe_train_fraction, cfg.seed):
+            for ps in resolve_probe(spec, shapes, cfg.linear_probe_train_fraction, cfg.seed, members):
                 res = run_linear_probe(enc, ps, cfg)
                 rows.append(("linear_probe", ps.name, {**res.metrics, "weight_decay": res.weight_decay}))
     is_zero = is_rank_zero()

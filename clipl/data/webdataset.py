@@ -19,16 +19,13 @@ import numpy as np
 from braceexpand import braceexpand
 
 from clipl.data.skip import BadSample, SkipCounter
+from clipl.data.wds_format import CAPTION_EXTENSION, IMAGE_EXTENSIONS, Members, split_member
 
 Raw = tuple[str, dict]  # (key, {member extension: bytes})
 
 
 def _is_url(path: str) -> bool:
     return path.startswith("pipe:") or "://" in path
-
-
-IMAGE_EXTENSIONS = ("jpg", "png", "jpeg", "webp")
-"""Member extensions taken as the image, in order of preference (``data.image_key``'s default)."""
 
 
 def brace_expand(pattern: str) -> list[str]:
@@ -89,13 +86,6 @@ class _PipeStream(io.RawIOBase):
         super().close()
 
 
-def split_member(name: str) -> tuple[str, str]:
-    """img2dataset member naming: key = path up to the first '.' of the file name; rest = extension."""
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
 def iter_tar(url: str, counter: Optional[SkipCounter] = None) -> Iterator[Raw]:
     """Stream the samples of one tar shard; a missing/unreadable shard is counted and ends the shard."""
     key, members, failed = None, {}, False
@@ -153,14 +143,6 @@ def _sizes_json(folder: str) -> dict:
     return _SIZES_CACHE[folder]
 
 
-def _decode_caption(data: bytes) -> str:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadSample("bad_caption_encoding") from None
-    return text
-
-
 def pick_caption(value, rng: np.random.Generator) -> str:
     """A caption string from a str or a list of str (random choice); empty/whitespace -> BadSample."""
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -176,32 +158,22 @@ def pick_caption(value, rng: np.random.Generator) -> str:
 
 
 class WebDatasetSource:
-    """Tar shards in img2dataset layout ({key}.jpg|png|webp, {key}.txt, {key}.json)."""
+    """Tar shards in img2dataset layout ({key}.jpg|png|webp, {key}.txt, {key}.json); which member is the
+    image and which the caption follows clipl.data.wds_format (``data.image_key``/``data.caption_key``)."""
 
-    def __init__(self, pattern: str, image_key: str = ";".join(IMAGE_EXTENSIONS), caption_key: str = "txt",
+    def __init__(self, pattern: str, image_key: str = ";".join(IMAGE_EXTENSIONS), caption_key: str = CAPTION_EXTENSION,
                  field: str = "data.train"):
         self.pattern = pattern
         self.shards = expand_pattern(pattern, field)
         self.sizes = [shard_size(u) for u in self.shards]
-        self.image_keys = [k.strip().lower() for k in image_key.split(";") if k.strip()]
-        ext, _, self.caption_field = caption_key.partition(":")
-        self.caption_ext = ext.lower()
+        self.members = Members.from_keys(image_key, caption_key)
 
     def iter_shard(self, shard: str, counter: Optional[SkipCounter] = None) -> Iterator[Raw]:
         return iter_tar(shard, counter)
 
     def extract(self, members: dict, rng: np.random.Generator) -> tuple[bytes, str]:
         """(image bytes, caption) of one raw sample; BadSample when either is missing or unusable."""
-        image = next((members[k] for k in self.image_keys if k in members), None)
+        image = self.members.image_ext(members)
         if image is None:
-            raise BadSample("missing_image", f"no member with extension {'/'.join(self.image_keys)}")
-        if self.caption_ext not in members:
-            raise BadSample("missing_caption", f"no .{self.caption_ext} member")
-        text = _decode_caption(members[self.caption_ext])
-        if self.caption_field:
-            try:
-                value = json.loads(text)[self.caption_field]
-            except (ValueError, KeyError, TypeError):
-                raise BadSample("missing_caption", f"no field {self.caption_field!r} in .{self.caption_ext}") from None
-            return image, pick_caption(value, rng)
-        return image, pick_caption(text, rng)
+            raise BadSample("missing_image", f"no member with extension {'/'.join(self.members.image_exts)}")
+        return members[image], pick_caption(self.members.caption(members), rng)

@@ -9,7 +9,6 @@ collectively) and each real sample is counted exactly once.
 from __future__ import annotations
 
 import io
-import json
 import math
 import tarfile
 from dataclasses import dataclass, field
@@ -20,7 +19,9 @@ from typing import Any, Callable, Optional
 import torch
 from PIL import Image
 
-from clipl.data.webdataset import IMAGE_EXTENSIONS, brace_expand, split_member
+from clipl.data.skip import BadSample
+from clipl.data.wds_format import LABEL_EXTENSION, Members, split_member
+from clipl.data.webdataset import brace_expand
 from clipl.eval.prompts import read_lines
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -122,43 +123,47 @@ def _metadata_folder(folder: Path) -> Path:
     return folder
 
 
-def _index_tar(path: Path, caption_lines: bool = False) -> list[Sample]:
+def _index_tar(path: Path, members: Members, caption_lines: bool = False) -> list[Sample]:
+    """The samples of one shard, grouped and read by clipl.data.wds_format's member rules."""
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     with tarfile.open(path) as tar:
-        members = [m for m in tar.getmembers() if m.isfile()]
-        for m in members:  # the training reader's member rule: key = path up to the file name's first "."
-            key, ext = split_member(m.name)
-            groups.setdefault(key, {})[ext] = m
-        small = ("cls", "txt", "json")  # read now; images are read lazily by byte range
-        texts = {key: {e: tar.extractfile(m).read() for e, m in g.items() if e in small} for key, g in groups.items()}
+        for m in tar.getmembers():
+            if m.isfile():
+                key, ext = split_member(m.name)
+                groups.setdefault(key, {})[ext] = m
+        # captions and labels are read now; images lazily, by byte range
+        texts = {key: {e: tar.extractfile(m).read() for e, m in g.items() if members.read_now(e)}
+                 for key, g in groups.items()}
     samples = []
     for key, g in groups.items():
-        img = next((e for e in IMAGE_EXTENSIONS if e in g), None)
+        img = members.image_ext(g)
         if img is None:
             continue  # not an image sample (e.g. a stray metadata file)
         t = texts[key]
         try:
-            label = int(t["cls"].decode().strip()) if "cls" in t else -1
+            label = int(t[LABEL_EXTENSION].decode().strip()) if LABEL_EXTENSION in t else -1
         except ValueError as e:
-            raise ValueError(f"{path}: {key}.cls is not an ASCII integer label") from e
-        caps = json.loads(t["json"]).get("captions", []) if "json" in t else []
-        if not caps and "txt" in t:
-            text = t["txt"].decode("utf-8")
-            caps = [ln.strip() for ln in text.splitlines() if ln.strip()] if caption_lines else [text.strip()]
-        samples.append(Sample(image=(str(path), g[img].offset_data, g[img].size), label=label, captions=list(caps)))
+            raise ValueError(f"{path}: {key}.{LABEL_EXTENSION} is not an ASCII integer label") from e
+        try:
+            caps = members.every_caption(t, one_per_line=caption_lines)
+        except (BadSample, ValueError) as e:
+            raise ValueError(f"{path}: sample {key}: cannot read its captions ({e})") from None
+        samples.append(Sample(image=(str(path), g[img].offset_data, g[img].size), label=label, captions=caps))
     return samples
 
 
-def scan_shards(spec: str, name: Optional[str] = None, paths: Optional[list[Path]] = None) -> EvalSet:
-    """Index WebDataset shards; `classnames.txt` and `templates.txt` (or clip_benchmark's
-    `zeroshot_classification_templates.txt`) beside the first shard, or in clip_benchmark's dataset
-    root above its split folder, are read."""
+def scan_shards(spec: str, name: Optional[str] = None, paths: Optional[list[Path]] = None,
+                members: Optional[Members] = None) -> EvalSet:
+    """Index WebDataset shards (``members``: which member is the image and which the captions, from
+    ``data.image_key``/``data.caption_key``; None: the defaults); `classnames.txt` and `templates.txt` (or
+    clip_benchmark's `zeroshot_classification_templates.txt`) beside the first shard, or in clip_benchmark's
+    dataset root above its split folder, are read."""
     paths = paths or expand_shards(spec)
     meta = _metadata_folder(paths[0].parent)
     kind = (meta / CB_TYPE).read_text().strip().lower() if (meta / CB_TYPE).is_file() else "classification"
     if kind not in ("classification", "retrieval"):
         raise ValueError(f"{meta / CB_TYPE}: dataset type {kind!r} is not supported (classification, retrieval)")
-    samples = [s for p in paths for s in _index_tar(p, caption_lines=kind == "retrieval")]
+    samples = [s for p in paths for s in _index_tar(p, members or Members(), caption_lines=kind == "retrieval")]
     if not samples:
         raise ValueError(f"no image samples in the shards {spec}")
     classnames = read_lines(meta / "classnames.txt", "class names") if (meta / "classnames.txt").is_file() else None

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from clipl.data.wds_format import Members
 from clipl.eval.datasets import EvalSet, clip_benchmark_split, scan_image_folder, scan_shards
 from clipl.registry import Registry
 
@@ -40,7 +41,7 @@ def _shapes_split(ds, split: str, task: str) -> EvalSet:
     return s
 
 
-def _local(spec: str, name: Optional[str]) -> EvalSet:
+def _local(spec: str, name: Optional[str], members: Optional[Members]) -> EvalSet:
     p = Path(spec)
     root, _, split = spec.rpartition(":")
     if root and "/" not in split and Path(root).is_dir():  # "DIR:train": a clip_benchmark split
@@ -50,9 +51,9 @@ def _local(spec: str, name: Optional[str]) -> EvalSet:
     if p.is_dir() and not any(p.glob("*.tar")):
         shards = clip_benchmark_split(p, split)
         if shards is not None:
-            return scan_shards(str(p / split), name or p.name, paths=shards)
+            return scan_shards(str(p / split), name or p.name, paths=shards, members=members)
         return scan_image_folder(p, name)
-    return scan_shards(spec, name)
+    return scan_shards(spec, name, members=members)
 
 
 # Spec schemes ("shapes:colour"); a spec whose prefix is no scheme is a local path.
@@ -75,8 +76,10 @@ def _shapes(arg: str, task: str, shapes_cfg: Any) -> list[EvalSet]:
     return [_shapes_split(ds, split, task) for split in ds.eval_splits]
 
 
-def resolve(spec: str, task: str, shapes_cfg: Any = None) -> list[EvalSet]:
-    """The evaluation sets of one spec for ``task`` ("zeroshot", "retrieval" or "linear_probe")."""
+def resolve(spec: str, task: str, shapes_cfg: Any = None, members: Optional[Members] = None) -> list[EvalSet]:
+    """The evaluation sets of one spec for ``task`` ("zeroshot", "retrieval" or "linear_probe"); ``members``
+    reads WebDataset shards with the run's ``data.image_key``/``data.caption_key`` (the shapes set has
+    its own fixed layout)."""
     name, body = _split_name(spec)
     scheme, _, arg = body.partition(":")
     if scheme in _SCHEMES:
@@ -85,7 +88,7 @@ def resolve(spec: str, task: str, shapes_cfg: Any = None) -> list[EvalSet]:
             for s in sets:
                 s.name = name if len(sets) == 1 else f"{name}_{s.name}"
     else:
-        sets = [_local(body, name)]
+        sets = [_local(body, name, members)]
     for s in sets:
         _check(s, task, spec)
     return sets
@@ -95,7 +98,8 @@ def _check(s: EvalSet, task: str, spec: str) -> None:
     if task == "retrieval":
         bad = sum(1 for x in s.samples if not x.captions)
         if bad:
-            raise ValueError(f"retrieval set {spec!r}: {bad} samples have no captions (.json 'captions' or .txt)")
+            raise ValueError(f"retrieval set {spec!r}: {bad} samples have no captions (.json 'captions' or the "
+                             "data.caption_key member, .txt by default)")
         return
     labels = [x.label for x in s.samples]
     if min(labels) < 0:
@@ -119,20 +123,20 @@ class ProbeSet:
     num_classes: int
 
 
-def resolve_probe(spec: str, shapes_cfg: Any = None, train_fraction: float = 0.5, seed: int = 0) -> list[ProbeSet]:
+def resolve_probe(spec: str, shapes_cfg: Any = None, train_fraction: float = 0.5, seed: int = 0,
+                  members: Optional[Members] = None) -> list[ProbeSet]:
     """Linear-probe sets: a directory with train/ and test/ (or val/) used as given, else a seeded split."""
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"linear_probe_train_fraction must lie in (0, 1), got {train_fraction}")
     name, body = _split_name(spec)
     p = Path(body)
     test_dir = next((p / d for d in ("test", "val") if (p / d).is_dir()), None) if p.is_dir() else None
     if test_dir is not None and (p / "train").is_dir():
-        train, test = resolve(str(p / "train"), "linear_probe"), resolve(str(test_dir), "linear_probe")
+        train = resolve(str(p / "train"), "linear_probe", members=members)
+        test = resolve(str(test_dir), "linear_probe", members=members)
         t, s = train[0], test[0]
         n_cls = max(len(t.classnames or []), len(s.classnames or []), 1 + max(x.label for x in t.samples + s.samples))
         return [ProbeSet(name or p.name, t, list(range(len(t.samples))), s, list(range(len(s.samples))), n_cls)]
     out = []
-    for s in resolve(spec, "linear_probe", shapes_cfg):
+    for s in resolve(spec, "linear_probe", shapes_cfg, members):
         n = len(s.samples)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         n_train = min(n - 1, max(1, round(train_fraction * n)))
