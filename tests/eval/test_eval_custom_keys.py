@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from clipl.callbacks import build_eval_callbacks
+from clipl.cli import eval as eval_cli
 from clipl.config.io import to_container
 from clipl.config.schema import RunConfig
 from clipl.data.config import DataConfig, ShapesConfig
 from clipl.data.shapes import ensure_shapes, write_tar
 from clipl.data.wds_format import Members
-from clipl.eval import cli
 from clipl.eval.config import EvalConfig
 from clipl.eval.datasets import load_image
 from clipl.eval.runner import eval_mode, model_encoders, run_retrieval, run_zero_shot
@@ -103,7 +103,7 @@ def test_clipl_eval_reads_the_runs_member_keys(sets, capsys):
     ckpt = tmp / "run.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "hyper_parameters": {"config": to_container(cfg)}, "global_step": 3}, ckpt)
-    assert cli.main([str(ckpt), "--out", str(tmp / "out"), "--device", "cpu"]) == 0
+    assert eval_cli.main([str(ckpt), "--out", str(tmp / "out"), "--device", "cpu"]) == 0
     capsys.readouterr()
     zs, rt = _direct(model, original, ev)
     got = {p.name.split("_set_")[0]: json.loads(p.read_text())["metrics"] for p in (tmp / "out").glob("*.json")}
@@ -111,7 +111,7 @@ def test_clipl_eval_reads_the_runs_member_keys(sets, capsys):
     # a state dict without a run config: the keys come from the flags
     sd = tmp / "weights.pt"
     torch.save(model.state_dict(), sd)
-    assert cli.main([str(sd), "--model", "tiny_vit", "--device", "cpu", "--zeroshot", f"set={custom['shape']}",
+    assert eval_cli.main([str(sd), "--model", "tiny_vit", "--device", "cpu", "--zeroshot", f"set={custom['shape']}",
                      "--image-key", "png", "--caption-key", "meta:captions", "--out", str(tmp / "flags")]) == 0
     (written,) = (tmp / "flags").glob("*.json")
     assert json.loads(written.read_text())["metrics"] == zs
