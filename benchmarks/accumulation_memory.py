@@ -40,7 +40,8 @@ def one(preset: str, micro: int, k: int, steps: int, precision: str, device: tor
     from clipl.distributed.plan import resolve_plan
     from clipl.module import CLIPModule
     from clipl.optim import OptimConfig
-    from clipl.trainer import TrainerConfig, build_trainer
+    from clipl.training.config import TrainerConfig
+    from clipl.training.trainer import build_trainer
     from train_step import _Iterable, _preset, synthetic_batches
 
     tcfg = TrainerConfig(accelerator="gpu" if device.type == "cuda" else "cpu", devices="1", precision=precision,

@@ -21,7 +21,8 @@ from train_step import _Iterable, build_clipl, synthetic_batches
 def measure(name: str, batch: int, precision: str, device: torch.device, steps: int, peak_tflops) -> dict:
     from clipl.callbacks.throughput import PerfMonitor
     from clipl.flops import model_flops
-    from clipl.trainer import TrainerConfig, build_trainer
+    from clipl.training.config import TrainerConfig
+    from clipl.training.trainer import build_trainer
 
     system = build_clipl(name, precision, device)
     m = system.model

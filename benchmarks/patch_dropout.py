@@ -47,7 +47,7 @@ def build(name: str, patch_dropout: float, precision: str, device: torch.device,
     from clipl.config.schema import RunConfig
     from clipl.module import CLIPModule
     from clipl.optim import OptimConfig
-    from clipl.trainer import TrainerConfig
+    from clipl.training.config import TrainerConfig
 
     model = _preset(name)
     model.image = dataclasses.replace(model.image, patch_dropout=patch_dropout)

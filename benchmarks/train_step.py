@@ -7,7 +7,7 @@ Two levels, each interleaved in one process (rounds A B B A A B ...) so load dri
 - module: clipl's CLIPModule.forward_backward (its training step's forward and backward) + the fused
   AdamW step with the on-device skip, in a plain loop, vs open_clip's CLIP +
   ClipLoss + AdamW (its training loop: autocast, backward, step, logit_scale clamp);
-- trainer: CLIPModule through lightning Trainer.fit (clipl.trainer.build_trainer), vs the same
+- trainer: CLIPModule through lightning Trainer.fit (clipl.training.trainer.build_trainer), vs the same
   open_clip loop. Steps are timed between on_train_batch_end calls, so Trainer start-up is excluded.
 The figure is the ratio of median samples/s (clipl / open_clip; > 1 means clipl is faster).
 MFU = samples/s x training FLOPs per sample (clipl.flops.model_flops: forward + backward, plus the
@@ -66,7 +66,7 @@ def build_clipl(name: str, precision: str, device: torch.device):
     from clipl.config.schema import RunConfig
     from clipl.module import CLIPModule
     from clipl.optim import OptimConfig
-    from clipl.trainer import TrainerConfig
+    from clipl.training.config import TrainerConfig
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     # warmup_steps=1: the schedule must fit in the few steps of a Trainer.fit round.
@@ -190,7 +190,8 @@ class TrainerSide:
     def run(self, batches) -> float:
         import lightning as L
 
-        from clipl.trainer import TrainerConfig, build_trainer
+        from clipl.training.config import TrainerConfig
+        from clipl.training.trainer import build_trainer
 
         times = []
         device = self.device

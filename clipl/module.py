@@ -96,7 +96,6 @@ class CLIPModule(L.LightningModule):
         from clipl.models.clip import CLIPModel
         from clipl.objectives import build_objective
         from clipl.optim import apply_locks
-        from clipl.trainer import apply_model_switches
 
         objective = self.config.objective
         if self.plan is not None:
@@ -112,7 +111,8 @@ class CLIPModule(L.LightningModule):
         if self.config.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         apply_locks(model, self.config.optim)
-        self.model = apply_model_switches(model, self.config.trainer)  # channels_last, compile
+        self.model = model.apply_switches(channels_last=self.config.trainer.channels_last,
+                                          compile=self.config.trainer.compile)
 
     def configure_optimizers(self) -> Any:
         from clipl.distributed.deepspeed import optimizer_class_for

@@ -12,11 +12,11 @@ import dataclasses
 
 from omegaconf import MISSING
 
-from clipl.config.schema import CheckpointConfig, LoggingConfig, RunConfig
+from clipl.config.schema import RunConfig
 from clipl.data.config import DataConfig
 from clipl.models import preset
 from clipl.optim import OptimConfig, adam_defaults_for
-from clipl.trainer import TrainerConfig
+from clipl.training.config import CheckpointConfig, LoggingConfig, TrainerConfig
 
 GLOBAL_BATCH = 32_768
 EPOCHS = 32

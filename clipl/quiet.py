@@ -1,8 +1,8 @@
 """Warning hygiene for `lightning run`: messages that do not concern the user are filtered here, each
 with the reason it does not apply. (What could be fixed at its cause is fixed there: Lightning's
-"Trainer(limit_*=1.0)" lines in clipl.trainer, the val_dataloader warning without a validation set in
-clipl.data.datamodule, W&B's "anonymous setting" warning in clipl.tracking, "weights_only was not
-set" in clipl.checkpointing.) tests/test_warnings.py runs the quickstart and fails on anything else.
+"Trainer(limit_*=1.0)" lines in clipl.training.trainer, the val_dataloader warning without a validation set in
+clipl.data.datamodule, W&B's "anonymous setting" warning in clipl.training.tracking, "weights_only was not
+set" in clipl.training.checkpointing.) tests/test_warnings.py runs the quickstart and fails on anything else.
 """
 
 from __future__ import annotations

@@ -100,10 +100,6 @@ def _check_combinations(cfg: Any) -> None:
         cfg.trainer.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if cfg.checkpoint.every_n_steps < 1:
-        raise ConfigError("checkpoint.every_n_steps must be >= 1")
-    if cfg.checkpoint.keep_last == 0 or cfg.checkpoint.keep_last < -1:
-        raise ConfigError(f"checkpoint.keep_last must be -1 (keep all) or >= 1, got {cfg.checkpoint.keep_last}")
 
 
 def build_datamodule(module: ModuleType, cfg: Any, plan: BatchPlan) -> Any:
@@ -134,7 +130,7 @@ def _recipe_datamodule(module: ModuleType, cfg: Any, plan: BatchPlan) -> Any:
 
 
 def _resume_from(cfg: Any, out_dir: Path) -> str | None:
-    from clipl.checkpointing import checkpoint_dir, find_resume_checkpoint
+    from clipl.training.checkpointing import checkpoint_dir, find_resume_checkpoint
 
     mode = cfg.checkpoint.resume
     if mode not in ("auto", "never"):
@@ -158,7 +154,7 @@ def _resume_from(cfg: Any, out_dir: Path) -> str | None:
 def check_zero_world_size(path: str | Path, cfg: Any) -> None:
     """A DeepSpeed ZeRO checkpoint holds one optimizer shard per data-parallel rank and loads only on the
     world size that wrote it; say how to go on from it with another world size."""
-    from clipl.trainer import world_size
+    from clipl.distributed.world import world_size
 
     path = Path(path)
     if not path.is_dir():
@@ -224,14 +220,14 @@ def run(recipe: str | Path, overrides: list[str] | None = None) -> int:
     from clipl.callbacks import build_eval_callbacks
     from clipl.data.wds_format import Members
     from clipl.callbacks.throughput import PerfMonitor
-    from clipl.checkpointing import checkpoint_callbacks, checkpoint_io
-    from clipl.module import CLIPModule
-    from clipl.slurm import SlurmRequeue
-    from clipl.progress import progress_bar
-    from clipl.summary import RunSummary
-    from clipl.tracking import build_loggers
     from clipl.distributed.world import uses_cuda
-    from clipl.trainer import build_trainer
+    from clipl.module import CLIPModule
+    from clipl.training.checkpointing import checkpoint_callbacks, checkpoint_io
+    from clipl.training.progress import progress_bar
+    from clipl.training.slurm import SlurmRequeue
+    from clipl.training.summary import RunSummary
+    from clipl.training.tracking import build_loggers
+    from clipl.training.trainer import build_trainer
 
     out_dir = Path(cfg.out_dir)
     summary = RunSummary(out_dir)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from clipl.config.schema import LoggingConfig, RunConfig
+from clipl.config.schema import RunConfig
 from clipl.data.shapes_render import caption, render_scene
 from clipl.distributed.plan import BatchPlan
 from clipl.models import ModelConfig, preset, register
@@ -29,7 +29,7 @@ from clipl.objectives.contrastive import effective_logit_scale
 from clipl.objectives.distributed import all_gather_with_grad, world
 from clipl.optim import OptimConfig
 from clipl.tokenizer import get_tokenizer
-from clipl.trainer import TrainerConfig
+from clipl.training.config import LoggingConfig, TrainerConfig
 
 
 # 1. A tower: a config dataclass with an `arch` field, a module honouring the tower contract, a builder.

@@ -19,12 +19,12 @@ Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/own_data.py --devices 8`
 
 from omegaconf import MISSING
 
-from clipl.config.schema import LoggingConfig, RunConfig
+from clipl.config.schema import RunConfig
 from clipl.data.config import DataConfig
 from clipl.eval.config import EvalConfig
 from clipl.models import preset
 from clipl.optim import OptimConfig, adam_defaults_for
-from clipl.trainer import TrainerConfig
+from clipl.training.config import LoggingConfig, TrainerConfig
 
 
 def config() -> RunConfig:

@@ -12,12 +12,12 @@ Batch plan on 8, 64 and 256 GPUs (`clipl config recipes/quickstart.py --devices 
     256 GPUs: contrastive batch 32,768 = 1 micro-batch of 128 per GPU x 256
 """
 
-from clipl.config.schema import CheckpointConfig, LoggingConfig, RunConfig
+from clipl.config.schema import RunConfig
 from clipl.data.config import DataConfig, ShapesConfig
 from clipl.eval.config import EvalConfig
 from clipl.models import preset
 from clipl.optim import OptimConfig
-from clipl.trainer import TrainerConfig
+from clipl.training.config import CheckpointConfig, LoggingConfig, TrainerConfig
 
 
 def config() -> RunConfig:

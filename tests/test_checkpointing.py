@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from clipl.checkpointing import (
+from clipl.training.checkpointing import (
     LAST,
     AtomicCheckpointIO,
     BackgroundCheckpointIO,
@@ -19,7 +19,7 @@ from clipl.checkpointing import (
     checkpoint_io,
     find_resume_checkpoint,
 )
-from clipl.config.schema import CheckpointConfig
+from clipl.training.config import CheckpointConfig
 
 
 class Tiny(L.LightningModule):

@@ -6,11 +6,10 @@ import csv
 import pytest
 import torch
 
-from clipl.checkpointing import find_resume_checkpoint
 from clipl.models import build_model, preset
 from clipl.models.weights import export_state_dict, load_checkpoint
 from clipl.run import run
-from clipl.trainer import TrainerConfig, apply_model_switches
+from clipl.training.checkpointing import find_resume_checkpoint
 
 OVERRIDES = [
     "model=tiny_vit", "model.image.patch_dropout=0.5", "model.grad_checkpointing=true", "trainer.compile=true",
@@ -30,7 +29,7 @@ def losses(out_dir) -> dict[int, float]:
 def test_compiled_model_keeps_its_state_dict_keys(tmp_path):
     cfg = preset("tiny_vit")
     keys = list(build_model(cfg).state_dict())
-    compiled = apply_model_switches(build_model(cfg), TrainerConfig(compile=True))
+    compiled = build_model(cfg).apply_switches(compile=True)
     assert compiled.visual._compiled_call_impl is not None and compiled.text_tower._compiled_call_impl is not None
     assert list(compiled.state_dict()) == keys
     from safetensors.torch import load_file

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clipl.progress import RichBar, readable
+from clipl.training.progress import RichBar, readable
 
 
 def test_metric_names_are_short_and_readable():

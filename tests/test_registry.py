@@ -8,7 +8,8 @@ from clipl.models.registry import ARCHS, PRESETS
 from clipl.objectives.registry import OBJECTIVES
 from clipl.optim import SCHEDULES
 from clipl.registry import Registry, check_one_of, did_you_mean
-from clipl.trainer import _STRATEGIES
+from clipl.training.config import BUILTIN_STRATEGIES, STRATEGIES
+from clipl.training.strategies import register_strategy
 
 
 def test_register_get_names_suggest():
@@ -41,4 +42,17 @@ def test_the_builtin_tables_are_registries():
     assert {"vit", "modified_resnet", "text_transformer", "timm", "hf_text"} <= set(ARCHS.names())
     assert "tiny_vit" in PRESETS and {"clip", "siglip"} <= set(OBJECTIVES.names())
     assert SCHEDULES.names() == ["constant", "cosine", "linear"]
-    assert {"auto", "ddp", "deepspeed"} <= set(_STRATEGIES.names())
+    # clipl.training.strategies (imported above) registers a builder for every built-in name the config accepts
+    assert set(BUILTIN_STRATEGIES) == {"auto", "ddp", "deepspeed"} <= set(STRATEGIES.names())
+
+
+def test_a_registered_strategy_is_a_valid_config_value():
+    from clipl.training.config import TrainerConfig
+
+    with pytest.raises(ValueError, match=r"trainer\.strategy='mine' is not one of 'auto', 'ddp', 'deepspeed'"):
+        TrainerConfig(strategy="mine")
+    register_strategy("mine")(lambda cfg, plan: "auto")
+    try:
+        assert TrainerConfig(strategy="mine").strategy == "mine"
+    finally:
+        STRATEGIES.unregister("mine")

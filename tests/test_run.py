@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clipl.checkpointing import find_resume_checkpoint
+from clipl.training.checkpointing import find_resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "clipl.cli"]

@@ -3,9 +3,9 @@
 import lightning as L
 import torch
 
-from clipl.checkpointing import checkpoint_callbacks
-from clipl.config.schema import CheckpointConfig
-from clipl.summary import RunSummary
+from clipl.training.checkpointing import checkpoint_callbacks
+from clipl.training.config import CheckpointConfig
+from clipl.training.summary import RunSummary
 
 
 class Logs(L.LightningModule):

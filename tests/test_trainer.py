@@ -8,16 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from clipl.distributed.plan import resolve_plan
-from clipl.trainer import (
-    _STRATEGIES,
-    TrainerConfig,
-    apply_model_switches,
-    build_trainer,
-    parse_devices,
-    plan_for,
-    world_size,
-)
+from clipl.distributed.plan import plan_for, resolve_plan
+from clipl.distributed.world import world_size
+from clipl.training.config import STRATEGIES, TrainerConfig, parse_devices
+from clipl.training.trainer import build_trainer
 
 
 def test_defaults_valid_and_omegaconf_round_trip():
@@ -98,7 +92,7 @@ def test_deepspeed_engine_sees_one_loader_batch_per_step(stage):
     cfg = TrainerConfig(strategy="deepspeed", zero_stage=stage, devices="8", micro_batch_size=32,
                         global_batch_size=1024)
     plan = plan_for(cfg)
-    ds = _STRATEGIES["deepspeed"](cfg, plan).config
+    ds = STRATEGIES["deepspeed"](cfg, plan).config
     assert "gradient_accumulation_steps" not in ds  # Lightning's to set, from accumulate_grad_batches=1
     assert ds["train_micro_batch_size_per_gpu"] == plan.per_device_batch_size == 128
     assert ds["train_micro_batch_size_per_gpu"] * plan.world_size == plan.global_batch_size
@@ -193,7 +187,7 @@ def test_bf16_mixed_on_cpu(tmp_path):
 
 
 def test_world_size_mismatch_detected(tmp_path, monkeypatch):
-    import clipl.trainer as T
+    import clipl.training.trainer as T
 
     monkeypatch.setattr(T, "world_size", lambda cfg: 2)  # as if devices x num_nodes said 2
     cfg = TrainerConfig(accelerator="cpu", devices="1")
@@ -205,26 +199,3 @@ def test_plan_for_another_world_refused(tmp_path):
     cfg = TrainerConfig(accelerator="cpu", devices="1")
     with pytest.raises(ValueError, match="batch plan is for 4 rank"):
         build_trainer(cfg, plan=resolve_plan(None, 4, 4), out_dir=str(tmp_path), callbacks=[], loggers=False)
-
-
-def test_apply_model_switches_keeps_keys():
-    class Fake(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.visual = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
-            self.transformer = nn.Linear(4, 4)
-            self.text_tower = self.transformer
-
-    model = Fake()
-    keys = list(model.state_dict())
-    apply_model_switches(model, TrainerConfig(channels_last=True, compile=True))
-    assert list(model.state_dict()) == keys
-    assert model.visual[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert model.visual._compiled_call_impl is not None and model.transformer._compiled_call_impl is not None
-
-
-def test_apply_model_switches_needs_towers():
-    with pytest.raises(ValueError, match="text_tower"):
-        apply_model_switches(nn.Linear(2, 2), TrainerConfig(compile=True))
-    lin = nn.Linear(2, 2)
-    assert apply_model_switches(lin, TrainerConfig()) is lin

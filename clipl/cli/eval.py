@@ -76,9 +76,7 @@ def load_for_eval(
         # The run's evaluation callbacks saw channels_last convolutions, whose float rounding
         # differs; the same layout reproduces their numbers exactly (a linear probe's penalty
         # search can otherwise flip on a near tie). torch.compile is not applied here.
-        from clipl.trainer import apply_model_switches
-
-        model = apply_model_switches(model, dataclasses.replace(run_cfg.trainer, compile=False))
+        model = model.to_channels_last()
     return model, run_cfg, src.step
 
 

@@ -1,4 +1,20 @@
-"""Typed run configuration: schema, CLI overrides, YAML round trip."""
+"""Typed run configuration: schema, CLI overrides, YAML round trip.
+
+Where a config lives (THE RULE): every section config is a dataclass in a leaf module named
+``config.py`` inside the package that owns the section -- clipl.models.config (model),
+clipl.data.config (data), clipl.eval.config (eval), clipl.training.config (the run loop's own
+sections: trainer with trainer.deepspeed, logging, checkpoint, loop); an objective may keep its config
+class beside its loss where that module is a leaf for config purposes. A config module imports only
+the standard library, typing helpers and other config leaves (clipl.registry's checks included) --
+never the code that consumes it -- so the consumers import their config downward and nothing imports
+upward to reach one. Each field has a docstring and its default; enum-like strings are ``Literal[...]``
+(or registry names) checked in ``__post_init__``, naming the field, the bad value and the choices.
+
+This package only composes (schema.py: RunConfig from the section leaves), reads and writes (io.py),
+parses overrides (parse.py), validates across sections and against the machine (validate.py) and
+documents (reference.py, docs/config.md). It is the top layer below the CLI: it may import every
+section leaf, and the packages it composes never import it.
+"""
 
 from clipl.config.io import from_container, load_config, save_config, to_container
 from clipl.config.parse import ConfigError, parse

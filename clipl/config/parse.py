@@ -107,7 +107,10 @@ def _literal_choices(node: DictConfig, key: str) -> tuple | None:
             node = node._get_node(part)
     except (AttributeError, KeyError, OmegaConfBaseException):
         return None
-    return typing.get_args(node.ref_type) if isinstance(node, LiteralNode) else None
+    if not isinstance(node, LiteralNode):
+        return None
+    # An Optional[Literal[...]] also takes null: listed as clipl.registry.check_literals lists it.
+    return typing.get_args(node.ref_type) + ((None,) if node._is_optional() else ())
 
 
 def _set_model(node: DictConfig, value: str) -> None:

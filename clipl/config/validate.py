@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clipl.config.parse import ConfigProblems
+from clipl.registry import close_matches
 
 Problem = str  # "field: what is wrong and what to do", one line
 
@@ -117,7 +118,7 @@ def bf16_supported(device: str) -> bool:
 
 def check_hardware(trainer: Any) -> list[Problem]:
     """Accelerator, device count and precision against what this machine has."""
-    from clipl.distributed.world import parse_devices
+    from clipl.training.config import parse_devices
 
     problems = []
     gpus = cuda_device_count()
@@ -156,7 +157,8 @@ def check_checkpoint(path: Optional[str], field: str) -> list[Problem]:
     if field == "model.init_from":  # open_clip's folder syntax, accepted by clipl.models.sources
         path = path.removeprefix("local-dir:")
     if not Path(path).expanduser().exists():
-        return [f"{field}={path}: no such file or folder"]
+        close = close_matches(path, ("auto", "never"), n=1, cutoff=0.6) if field == "checkpoint.resume" else []
+        return [f"{field}={path}: no such file or folder" + (f" (or did you mean {close[0]!r}?)" if close else "")]
     return []
 
 

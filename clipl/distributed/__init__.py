@@ -3,13 +3,13 @@
 from clipl.distributed.compat import patch_deepspeed_scalar_broadcast
 from clipl.distributed.convert import convert_zero_checkpoint, export_openai, openai_state_dict
 from clipl.distributed.deepspeed import (
-    DeepSpeedOptions,
     deepspeed_config,
     drops_nonfinite_steps,
     lightning_deepspeed_config,
     optimizer_class_for,
     skip_step_loss,
 )
+from clipl.training.config import DeepSpeedOptions  # the trainer.deepspeed section (a config leaf)
 
 __all__ = [
     "DeepSpeedOptions",

@@ -6,46 +6,14 @@ config can be built and tested as plain data on any machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 
-if TYPE_CHECKING:
-    from clipl.trainer import TrainerConfig
+from clipl.training.config import TrainerConfig
 
 
-@dataclass
-class DeepSpeedOptions:
-    """Advanced DeepSpeed knobs; the common ones (stage, offload) live on TrainerConfig."""
-
-    reduce_bucket_size: int = 200_000_000
-    """Elements reduced per gradient bucket (ZeRO 1-3); larger buckets overlap better, cost memory."""
-    allgather_bucket_size: int = 200_000_000
-    """Elements all-gathered per parameter bucket after the step (ZeRO 1-2)."""
-    overlap_comm: bool = True
-    """Overlap gradient reduction with the backward pass."""
-    contiguous_gradients: bool = True
-    """Copy gradients into one contiguous buffer as they are produced (avoids fragmentation)."""
-    stage3_prefetch_bucket_size: int = 50_000_000
-    """ZeRO-3: elements of parameters prefetched ahead of use."""
-    stage3_param_persistence_threshold: int = 100_000
-    """ZeRO-3: parameters smaller than this stay unpartitioned (norms, biases: cheap, avoids latency)."""
-    stage3_max_live_parameters: int = 1_000_000_000
-    """ZeRO-3: most gathered parameter elements alive at once on a GPU."""
-    initial_scale_power: int = 16
-    """16-mixed: the dynamic loss scale starts at 2**initial_scale_power."""
-    loss_scale_window: int = 1000
-    """16-mixed: steps without overflow before the loss scale is raised."""
-    hysteresis: int = 2
-    """16-mixed: overflows tolerated before the loss scale is lowered."""
-    min_loss_scale: float = 1.0
-    """16-mixed: the loss scale never drops below this."""
-    steps_per_print: int = 1_000_000_000
-    """DeepSpeed's own progress print interval; effectively off, Lightning's loggers report instead."""
-
-
-def deepspeed_config(cfg: "TrainerConfig", micro_batch_size: int, accumulate: int) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> dict[str, Any]:
     """A complete DeepSpeed config dict for ``cfg`` (as for ``deepspeed.initialize``).
 
     ``train_micro_batch_size_per_gpu`` is always explicit: Lightning cannot infer it from iterable
@@ -55,8 +23,6 @@ def deepspeed_config(cfg: "TrainerConfig", micro_batch_size: int, accumulate: in
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     if accumulate < 1:
         raise ValueError(f"accumulate (gradient accumulation steps) must be >= 1, got {accumulate}")
-    if cfg.zero_stage not in (1, 2, 3):
-        raise ValueError(f"trainer.zero_stage must be 1, 2 or 3, got {cfg.zero_stage}")
     opts = cfg.deepspeed
     zero: dict[str, Any] = {
         "stage": cfg.zero_stage,
@@ -81,9 +47,7 @@ def deepspeed_config(cfg: "TrainerConfig", micro_batch_size: int, accumulate: in
     if cfg.offload_optimizer:
         # Pinned host memory makes the per-step host<->device copies of gradients/weights asynchronous.
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if cfg.offload_params:
-        if cfg.zero_stage != 3:
-            raise ValueError("trainer.offload_params needs trainer.zero_stage=3 (only ZeRO-3 partitions parameters)")
+    if cfg.offload_params:  # TrainerConfig refuses it below ZeRO-3
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
 
     config: dict[str, Any] = {
@@ -114,7 +78,7 @@ def deepspeed_config(cfg: "TrainerConfig", micro_batch_size: int, accumulate: in
     return config
 
 
-def lightning_deepspeed_config(cfg: "TrainerConfig", micro_batch_size: int, accumulate: int) -> dict[str, Any]:
+def lightning_deepspeed_config(cfg: TrainerConfig, micro_batch_size: int, accumulate: int) -> dict[str, Any]:
     """The config for Lightning's DeepSpeedStrategy: as :func:`deepspeed_config`, minus the keys Lightning owns.
 
     Lightning writes ``gradient_accumulation_steps`` from ``Trainer(accumulate_grad_batches)`` and
@@ -125,7 +89,7 @@ def lightning_deepspeed_config(cfg: "TrainerConfig", micro_batch_size: int, accu
     return config
 
 
-def optimizer_class_for(cfg: "TrainerConfig") -> type[torch.optim.Optimizer]:
+def optimizer_class_for(cfg: TrainerConfig) -> type[torch.optim.Optimizer]:
     """The AdamW implementation to use: DeepSpeedCPUAdam (AdamW mode) when the optimizer is offloaded.
 
     DeepSpeedCPUAdam takes lr, betas, eps, weight_decay and param groups like torch's AdamW, but not

@@ -14,10 +14,10 @@ micro-batch's loss sees only micro_batch_size x world_size pairs and the gradien
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-if TYPE_CHECKING:
-    from clipl.trainer import TrainerConfig
+from clipl.distributed.world import world_size
+from clipl.training.config import TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,6 @@ def resolve_plan(
     )
 
 
-def plan_for(cfg: "TrainerConfig") -> BatchPlan:
+def plan_for(cfg: TrainerConfig) -> BatchPlan:
     """The plan of a TrainerConfig: its micro/global batch fields over its world (devices x num_nodes)."""
-    from clipl.distributed.world import world_size
-
     return resolve_plan(cfg.global_batch_size, cfg.micro_batch_size, world_size(cfg), cfg.contrastive_accumulation)

@@ -120,3 +120,25 @@ class CLIPModel(nn.Module):
     def lock_text_tower(self, unlocked_groups: int = 0) -> None:
         """Freeze the text tower except its last ``unlocked_groups`` layer groups."""
         self.text_tower.lock(unlocked_groups=unlocked_groups)
+
+    def to_channels_last(self) -> "CLIPModel":
+        """Store the image tower's weights channels-last (faster convolutions on tensor cores), in place."""
+        self.visual.to(memory_format=torch.channels_last)
+        return self
+
+    def compile_towers(self) -> "CLIPModel":
+        """torch.compile the image and text towers in place, so state-dict keys are unchanged."""
+        # nn.Module.compile compiles forward in place; torch.compile(module) would wrap it and prefix
+        # every state-dict key with `_orig_mod.`, breaking OpenAI-layout checkpoints. text_tower is the
+        # tower object even when its parameters are hoisted to the top level (OpenAI layout).
+        for tower in (self.visual, self.text_tower):
+            tower.compile()
+        return self
+
+    def apply_switches(self, channels_last: bool = False, compile: bool = False) -> "CLIPModel":
+        """The run's model switches (trainer.channels_last, trainer.compile), in place; keys unchanged."""
+        if channels_last:
+            self.to_channels_last()
+        if compile:
+            self.compile_towers()
+        return self

@@ -117,7 +117,7 @@ def test_removed_batch_fields_name_their_replacement(key, replacement, tmp_path)
     # An old recipe: the field passed to the section's constructor, or assigned on the section.
     section, name = key.split(".")
     cls = {"data": "DataConfig", "trainer": "TrainerConfig", "logging": "LoggingConfig"}[section]
-    module = {"data": "clipl.data.config", "trainer": "clipl.trainer", "logging": "clipl.config.schema"}[section]
+    module = "clipl.data.config" if section == "data" else "clipl.training.config"
     old = tmp_path / "old.py"
     for body in (f"RunConfig(model=preset('tiny_vit'), {section}={cls}({name}=4))",
                  f"RunConfig(model=preset('tiny_vit'))\n    cfg.{section}.{name} = 4\n    return cfg"):

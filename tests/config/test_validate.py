@@ -14,7 +14,7 @@ import pytest
 
 from clipl import cli
 from clipl.config import validate as validate_mod
-from clipl.trainer import TrainerConfig
+from clipl.training.config import TrainerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -33,7 +33,7 @@ def _engine(stage: int, accumulation: int):
 
     from clipl.distributed.deepspeed import deepspeed_config
     from clipl.optim import OptimConfig, build_optimizer
-    from clipl.trainer import TrainerConfig
+    from clipl.training.config import TrainerConfig
 
     cfg = TrainerConfig(strategy="deepspeed", zero_stage=stage, precision="32-true", gradient_clip_val=1.0)
     module = cases.module("micro_vit", "clip", False, False, accumulation=accumulation, micro=BATCH // accumulation)

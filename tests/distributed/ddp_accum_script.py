@@ -19,7 +19,9 @@ import accum_cases as cases  # noqa: E402
 def main() -> None:
     import lightning as L
 
-    from clipl.trainer import TrainerConfig, build_trainer, plan_for
+    from clipl.distributed.plan import plan_for
+    from clipl.training.config import TrainerConfig
+    from clipl.training.trainer import build_trainer
 
     out = sys.argv[1]
     torch.set_num_threads(1)

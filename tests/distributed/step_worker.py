@@ -26,7 +26,7 @@ def _engine(stage: int, precision: str, offload: bool = False):
 
     from clipl.distributed.deepspeed import deepspeed_config, optimizer_class_for
     from clipl.optim import OptimConfig, build_optimizer
-    from clipl.trainer import TrainerConfig
+    from clipl.training.config import TrainerConfig
 
     cfg = TrainerConfig(strategy="deepspeed", zero_stage=stage, precision=precision, gradient_clip_val=1.0,
                         offload_optimizer=offload)

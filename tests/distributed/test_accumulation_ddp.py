@@ -89,7 +89,9 @@ def test_lightning_ddp_accumulation_equals_one_process_whole_batch(tmp_path):
 
     import lightning as L
 
-    from clipl.trainer import TrainerConfig, build_trainer, plan_for
+    from clipl.distributed.plan import plan_for
+    from clipl.training.config import TrainerConfig
+    from clipl.training.trainer import build_trainer
 
     out = tmp_path / "ddp.pt"
     script = Path(__file__).parent / "ddp_accum_script.py"

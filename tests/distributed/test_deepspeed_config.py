@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clipl.distributed.deepspeed import deepspeed_config, lightning_deepspeed_config, optimizer_class_for
-from clipl.trainer import PRECISIONS, TrainerConfig
+from clipl.training.config import PRECISIONS, TrainerConfig
 
 _COMBOS = [
     (stage, off_opt, off_par, precision, clip)

@@ -95,7 +95,7 @@ def run_stage(out_dir: str, precision: str, model_name: str, stage_arg: str) -> 
 
     from clipl.distributed.compat import patch_deepspeed_scalar_broadcast
     from clipl.distributed.deepspeed import deepspeed_config
-    from clipl.trainer import TrainerConfig
+    from clipl.training.config import TrainerConfig
 
     patch_deepspeed_scalar_broadcast()  # logit_scale is 0-dim: see clipl.distributed.compat
     stage, zero_init = int(stage_arg[0]), stage_arg.endswith("i")

@@ -23,10 +23,12 @@ GLOBAL, STEPS = 32, 3
 def _fit(micro: int, tmp_path, strategy: str = "deepspeed", steps: int = STEPS, callbacks=(), log_every: int = 1,
          precision: str = "bf16-mixed", preset: str = "rn50x4"):
     from clipl.config.schema import RunConfig
+    from clipl.distributed.plan import plan_for
     from clipl.models import preset as model_preset
     from clipl.module import CLIPModule
     from clipl.optim import OptimConfig
-    from clipl.trainer import TrainerConfig, build_trainer, plan_for
+    from clipl.training.config import TrainerConfig
+    from clipl.training.trainer import build_trainer
 
     trainer_cfg = TrainerConfig(accelerator="gpu", devices="1", strategy=strategy, zero_stage=2,
                                 precision=precision, micro_batch_size=micro, global_batch_size=GLOBAL,

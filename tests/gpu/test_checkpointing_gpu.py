@@ -17,9 +17,9 @@ pytestmark = pytest.mark.gpu
 
 
 def _fit(cfg, out_dir, deepspeed: bool, extra=()):
-    from clipl.checkpointing import checkpoint_callbacks, checkpoint_io
     from clipl.module import CLIPModule
-    from clipl.trainer import build_trainer
+    from clipl.training.checkpointing import checkpoint_callbacks, checkpoint_io
+    from clipl.training.trainer import build_trainer
 
     torch.manual_seed(0)
     callbacks = checkpoint_callbacks(cfg.checkpoint, out_dir) + list(extra)
@@ -34,7 +34,7 @@ def _fit(cfg, out_dir, deepspeed: bool, extra=()):
 
 
 def test_deepspeed_folders_are_pruned_and_last_links_the_newest(tmp_path):
-    from clipl.checkpointing import LAST, find_resume_checkpoint, readable
+    from clipl.training.checkpointing import LAST, find_resume_checkpoint, readable
 
     cfg = _config(2, str(tmp_path))
     cfg.checkpoint = dataclasses.replace(cfg.checkpoint, every_n_steps=1, keep_last=2)
@@ -50,7 +50,7 @@ def test_deepspeed_folders_are_pruned_and_last_links_the_newest(tmp_path):
 def test_background_writes_on_gpu_hold_their_steps_weights(tmp_path):
     import lightning as L
 
-    from clipl.checkpointing import BackgroundCheckpointIO
+    from clipl.training.checkpointing import BackgroundCheckpointIO
 
     snapshots = {}
 

@@ -36,7 +36,7 @@ def _config(stage: int, out_dir: str):
     from clipl.config.schema import RunConfig
     from clipl.models import preset
     from clipl.optim import OptimConfig
-    from clipl.trainer import TrainerConfig
+    from clipl.training.config import TrainerConfig
 
     trainer = TrainerConfig(accelerator="gpu", devices="1", strategy="deepspeed", zero_stage=stage,
                             precision="bf16-mixed", micro_batch_size=BATCH, max_steps=STEPS, gradient_clip_val=1.0,
@@ -54,7 +54,7 @@ def test_lightning_deepspeed_bf16_fit_convert_reload(stage, tmp_path):
     from clipl.distributed.convert import convert_zero_checkpoint, openai_state_dict
     from clipl.models.clip import CLIPModel
     from clipl.module import CLIPModule
-    from clipl.trainer import build_trainer
+    from clipl.training.trainer import build_trainer
 
     torch.manual_seed(0)
     cfg = _config(stage, str(tmp_path))
@@ -116,7 +116,7 @@ def test_lightning_deepspeed_discards_a_nonfinite_step(stage, tmp_path):
     from deepspeed.utils import safe_get_full_fp32_param
 
     from clipl.module import CLIPModule
-    from clipl.trainer import build_trainer
+    from clipl.training.trainer import build_trainer
 
     torch.manual_seed(0)
     cfg = _config(stage, str(tmp_path))

@@ -47,7 +47,8 @@ def test_eval_callbacks_under_zero3_bf16(tmp_path):
     from clipl.models.clip import CLIPModel
     from clipl.module import CLIPModule
     from clipl.optim import OptimConfig
-    from clipl.trainer import TrainerConfig, build_trainer
+    from clipl.training.config import TrainerConfig
+    from clipl.training.trainer import build_trainer
 
     shapes = ShapesConfig(train_size=16, val_size=40, eval_size=80, samples_per_shard=20, cache_dir=str(tmp_path / "s"))
     ev = EvalConfig(zeroshot=["shapes:shape"], retrieval=["shapes"], linear_probe=["shapes:colour"], every_n_steps=2,

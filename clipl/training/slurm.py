@@ -68,7 +68,7 @@ class SlurmRequeue(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if not self._active or self.saved is not None or not self._agreed(trainer):
             return
-        from clipl.checkpointing import PreemptionCheckpoint, _save
+        from clipl.training.checkpointing import PreemptionCheckpoint, _save
 
         self.saved = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
         pre = next((cb for cb in trainer.callbacks if isinstance(cb, PreemptionCheckpoint)), None)

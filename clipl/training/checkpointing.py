@@ -31,7 +31,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
-from clipl.config.schema import CheckpointConfig
+from clipl.training.config import CheckpointConfig
 
 log = logging.getLogger(__name__)
 _STEP = re.compile(r"step=(\d+)")
@@ -55,6 +55,8 @@ class Retention:
     complete (by the checkpoint IO, or by the saving callback when no clipl IO writes the files)."""
 
     def __init__(self, out_dir: str | Path, keep_last: int) -> None:
+        # CheckpointConfig refuses such a keep_last already; this class deletes files, so it refuses
+        # one passed to it directly too (0 would delete every checkpoint it writes).
         if keep_last == 0 or keep_last < -1:
             raise ValueError(f"checkpoint.keep_last must be -1 (keep all) or >= 1, got {keep_last}")
         self.run_dir, self.dirpath, self.keep_last = Path(out_dir), checkpoint_dir(out_dir), keep_last

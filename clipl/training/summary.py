@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import lightning as L
 
-from clipl.checkpointing import LAST, checkpoint_dir
+from clipl.training.checkpointing import LAST, checkpoint_dir
 
 WARMUP_MAX = 10
 
