@@ -6,7 +6,8 @@ optimiser, logging and the non-finite-loss guard.
 Optimisation is manual (Lightning's ``automatic_optimization = False``): one loader batch is one
 optimiser step, split into the batch plan's micro-batches by :mod:`clipl.accumulation` (contrastive
 accumulation: the loss covers all of them), so the Trainer never accumulates, and gradient clipping,
-the non-finite skip and the LR schedule happen here. The common path of a step reads nothing from the
+the non-finite skip and the LR schedule happen here (their strategy-aware parts in
+:mod:`clipl.manual_step`). The common path of a step reads nothing from the
 device: the skip is decided on the device and metrics are read at logging steps only
 (docs/distributed.md lists the synchronisations that remain).
 """
@@ -19,20 +20,16 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities import rank_zero_warn
-from torch.nn.parallel import DistributedDataParallel
 
+from clipl import manual_step
 from clipl.accumulation import Backward, StepOutput, contrastive_step, plain_step, split_batch
 from clipl.data.transforms import normalize
-from clipl.distributed.deepspeed import drops_nonfinite_steps, prepare_micro_backward
 from clipl.distributed.plan import BatchPlan
 from clipl.models.clip import CLIPOutput
 from clipl.objectives import effective_logit_scale
-from clipl.ranks import rank_and_world
 from clipl.rng import gather_rng_states, set_rng_state
-from clipl.step_stats import StepStats, Window, in_batch_accuracy
+from clipl.step_stats import StepStats, Window, in_batch_accuracy, mean_over_ranks
 
 # Lightning 2.6 warns about every step checkpoint of a manually optimised module that its weights are
 # those after the optimiser step: that is what clipl wants (as under automatic optimisation).
@@ -41,16 +38,6 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses: the run cannot recover by skipping steps."""
-
-
-def _mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise mean of ``values`` over all ranks (one all-reduce; logging steps only)."""
-    _, world = rank_and_world()
-    if world > 1:
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= world
-    return values
 
 
 def _as_run_config(config: Any) -> Any:
@@ -196,78 +183,19 @@ class CLIPModule(L.LightningModule):
 
     def _backward(self, tensor: torch.Tensor, last: bool) -> None:
         """Backpropagate one micro-batch; gradients are reduced across ranks on the last one only."""
-        strategy, wrapped = self.trainer.strategy, self.trainer.model
-        if isinstance(strategy, DeepSpeedStrategy):
-            if self.accumulation > 1:
-                # The engine's own accumulation is 1 (one loader batch per step): tell it which backward
-                # ends the step, so ZeRO sums the micro-batches' gradients and reduces them then.
-                prepare_micro_backward(wrapped, last)
-            self.manual_backward(tensor)
-        elif not last and isinstance(wrapped, DistributedDataParallel):
-            with wrapped.no_sync():
-                self.manual_backward(tensor)
-        else:
-            self.manual_backward(tensor)
+        manual_step.backward(self, tensor, last, self.accumulation)
 
     def _nonfinite_mask(self) -> str:
-        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
-            # DeepSpeed always steps after backward: NaN gradients make the engine discard the step.
-            return "nan" if self._deepspeed_drops() else "zero"
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            return "nan"  # fp16 loss scaling skips steps with non-finite gradients by itself
-        return "none"  # the optimiser step below is skipped on the device (found_inf)
+        if self._ds_drops is None and isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            self._ds_drops = manual_step.deepspeed_drops(self.trainer.strategy.deepspeed_engine)  # found once
+        return manual_step.nonfinite_mask(self.trainer, bool(self._ds_drops))
 
     def _optimizer_step(self, finite: torch.Tensor) -> None:
         """Step (or, for a non-finite loss on any rank, skip) the optimiser and the LR schedule."""
-        opt = self.optimizers()
-        raw = opt.optimizer
-        deepspeed = isinstance(self.trainer.strategy, DeepSpeedStrategy)
-        if deepspeed or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            opt.step()  # the gradients of a non-finite step are NaN: the engine / GradScaler skip it
-        elif getattr(raw, "_step_supports_amp_scaling", False):
-            # torch's fused AdamW takes GradScaler's found_inf: on 1 its kernel leaves weights, moments
-            # and step counts untouched, decided on the device (no host read of the loss).
-            raw.found_inf, raw.grad_scale = (~finite).to(torch.float32), None
-            try:
-                opt.step()
-            finally:
-                del raw.found_inf, raw.grad_scale
-        else:
-            # Other optimisers cannot skip on the device: read the flag (one host sync per step).
-            # AdamW skips parameters without gradients entirely, so dropping them skips exactly.
-            if not bool(finite):
-                for group in raw.param_groups:
-                    for p in group["params"]:
-                        p.grad = None
-            opt.step()
-        if not deepspeed:  # the engine clears its gradients itself
-            opt.zero_grad(set_to_none=True)
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()  # per optimiser step, taken or skipped, as Lightning's automatic loop did
+        manual_step.optimizer_step(self, finite)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Manual optimisation: Lightning leaves clipping to the module (Trainer(gradient_clip_val) is refused).
-        clip = self.config.trainer.gradient_clip_val
-        if not clip or isinstance(self.trainer.strategy, DeepSpeedStrategy):
-            return  # DeepSpeed clips inside its engine (gradient_clipping in its config)
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
-            # Lightning leaves unscaling to a fused optimizer's step; the norm needs true gradients.
-            scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, clip)  # foreach kernels, no host read of the norm
-
-    def _deepspeed_drops(self) -> bool:
-        if self._ds_drops is None:
-            self._ds_drops = drops_nonfinite_steps(self.trainer.strategy.deepspeed_engine)
-            if not self._ds_drops:
-                rank_zero_warn(
-                    "this DeepSpeed engine does not discard steps with non-finite gradients by itself; "
-                    "non-finite steps backpropagate zeros instead (Adam's moments decay on those steps); "
-                    "upgrade DeepSpeed, or keep bf16.check_grad_overflow on, for exact skips"
-                )
-        return self._ds_drops
+        manual_step.clip_gradients(self.trainer, optimizer, self.config.trainer.gradient_clip_val)
 
     def _count_samples(self, batch: dict) -> None:
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -297,7 +225,7 @@ class CLIPModule(L.LightningModule):
         nan = torch.full_like(step.loss, float("nan"))
         # Each rank's loss is its rows of the global matrix; their mean over ranks is the global loss.
         # The window's finite steps are the same on every rank (the skip is decided together).
-        losses = _mean_over_ranks(torch.stack([torch.where(step.finite, step.loss, nan), counters[2]]))
+        losses = mean_over_ranks(torch.stack([torch.where(step.finite, step.loss, nan), counters[2]]))
         scale = effective_logit_scale(step.logit_scale.float(), self.config.objective.max_logit_scale)
         i2t, t2i = in_batch_accuracy(step.image_features, step.text_features)
         names = ["train/loss", "train/logit_scale", "train/temperature", "train/acc_i2t", "train/acc_t2i"]

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.distributed as dist
+
+from clipl.ranks import rank_and_world
 
 
 @dataclass
@@ -78,3 +81,13 @@ def in_batch_accuracy(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Te
     logits = image.float() @ text.float().T
     target = torch.arange(logits.shape[0], device=logits.device)
     return (logits.argmax(dim=1) == target).float().mean(), (logits.argmax(dim=0) == target).float().mean()
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise mean of ``values`` over all ranks (one all-reduce; logging steps only)."""
+    _, world = rank_and_world()
+    if world > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= world
+    return values

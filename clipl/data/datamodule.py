@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from clipl.data.config import DataConfig
 from clipl.data.sources import SHAPES, make_sources
-from clipl.data.stream import CLIPStream, ElasticPlan, ResumePoint
+from clipl.data.shard_plan import ElasticPlan, ResumePoint
+from clipl.data.stream import CLIPStream
 from clipl.ranks import initialized, rank_and_world
 
 log = logging.getLogger(__name__)

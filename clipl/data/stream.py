@@ -1,24 +1,19 @@
-"""The per-worker sample stream: shard plan, shuffle buffer, decode, batching, exact resume.
+"""The per-worker sample stream: reading the epoch plan, decode, batching, exact resume.
 
-Every worker's stream is a pure function of (seed, epoch, rank, worker): shards are permuted with
-an RNG seeded by (seed, epoch) and dealt to the world's workers (largest first to the worker with the
-fewest samples when the sizes are known, so workers get equal shares; round-robin otherwise), read
-interleaved (each next sample from one of `data.open_shards` open shards, with probability in
-proportion to the samples it has left, so a batch mixes a worker's shards as the data set does), mixed
-in a seeded shuffle buffer, and cut into a fixed number of batches per worker (so every rank yields
-the same number). With fewer shards than workers, each shard is split into parts (every k-th sample). Per-sample randomness (crop, caption choice) is seeded by the sample's key, so it does
-not depend on where in the stream the sample lands.
+Every worker's stream is a pure function of (seed, epoch, rank, worker): which shards it reads and in
+which order is clipl.data.shard_plan's (seeded by (seed, epoch)); its samples are decoded and cut into
+a fixed number of batches per worker (so every rank yields the same number). Per-sample randomness
+(crop, caption choice) is seeded by the sample's key, so it does not depend on where in the stream
+the sample lands.
 
 Resume: each batch carries `_loader` = {worker, cursor, batch}; `cursor` counts raw samples the
 worker has taken out of its shuffle buffer. Resuming replays the raw stream through the shuffle
-buffer up to the cursor without decoding anything, then continues.
-"""
+buffer up to the cursor without decoding anything, then continues."""
 
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -26,63 +21,12 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from clipl.data.config import DataConfig
+from clipl.data import shard_plan
 from clipl.data.skip import BadSample, SkipCounter
 from clipl.data.transforms import decode_image
 
 Tokenizer = Callable[[list, int], torch.Tensor]
 _SHUFFLE_STREAM, _RESAMPLE_STREAM, _PLAN_STREAM, _MIX_STREAM, _ELASTIC_STREAM = 1, 2, 3, 4, 5  # distinct RNG streams
-Unit = tuple[int, int, int]  # (shard index, part, parts): every `parts`-th sample of a shard from `part`
-
-
-@dataclass
-class ResumePoint:
-    """Where one rank's iteration restarts: batches consumed on this rank and per-worker raw cursors."""
-
-    consumed: int
-    cursors: list[int] = field(default_factory=list)
-
-
-@dataclass
-class ElasticPlan:
-    """The rest of an epoch that was started on another topology (world size, workers, batch size).
-
-    Old reader g = rank * workers + worker had taken ``cursors[rank][worker]`` raw samples out of its
-    shuffle buffer when the checkpoint was written. What remains of the epoch is, for every old reader
-    in order, the rest of its first pass over its shards, in the order it would have produced them:
-    concatenated, this is one sequence that every new reader can rebuild; new rank r takes its items
-    r, r + W', r + 2W', ... and its workers take consecutive batch-sized chunks of those in turn. So no
-    sample is taken twice and none is left out, whatever the new topology; the order differs from the
-    uninterrupted run's.
-    """
-
-    world_size: int
-    num_workers: int
-    cursors: list[list[int]]
-    consumed: int
-    """Batches each old rank had consumed (Lightning's restored batch count in this epoch)."""
-    batch_size: int
-    """The old per-rank loader batch size."""
-    offset: int
-    """The same consumed part in batches of the new topology (the epoch's batch index continues from
-    here)."""
-
-
-def shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
-    """Reservoir-style shuffle: emit a random element of a `size`-element buffer per new item."""
-    if size <= 1:
-        yield from items
-        return
-    buf = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        j = int(rng.integers(size))
-        yield buf[j]
-        buf[j] = item
-    order = rng.permutation(len(buf))
-    for j in order:
-        yield buf[j]
 
 
 class CLIPStream(IterableDataset):
@@ -101,15 +45,10 @@ class CLIPStream(IterableDataset):
         self.sizes = [n for s in sources for n in s.sizes]
         self.epoch, self.rank, self.world_size = 0, 0, 1
         self.num_workers = max(1, cfg.num_workers)
-        self.resume: Optional[ResumePoint] = None
-        self.elastic: Optional[ElasticPlan] = None
+        self.resume: Optional[shard_plan.ResumePoint] = None
+        self.elastic: Optional[shard_plan.ElasticPlan] = None
         if weights is not None:
-            if len(weights) != len(sources):
-                raise ValueError(f"{field}_weights has {len(weights)} entries for {len(sources)} sources")
-            if not (cfg.resampled or not train):
-                raise ValueError(f"{field}_weights needs data.resampled=true (weights set shard sampling rates)")
-            if any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(f"{field}_weights must be non-negative with a positive sum, got {weights}")
+            shard_plan.check_weights(weights, len(sources), cfg.resampled or not train, field)
         self.weights = weights
 
     # ------------------------------------------------------------------ epoch geometry
@@ -155,33 +94,6 @@ class CLIPStream(IterableDataset):
                 f"{self.field}: {known} samples for {self.world_size} ranks x data.num_workers={self.num_workers} "
                 f"= {need} readers; use fewer data.num_workers, or data.resampled=true")
 
-    def _units(self, readers: Optional[int] = None) -> list[Unit]:
-        """What is dealt to the readers: whole shards, or each shard cut into k parts when there are
-        fewer shards than readers (every reader then reads the shard and keeps every k-th sample)."""
-        readers = self.world_size * self.num_workers if readers is None else readers
-        n = len(self.shards)
-        # k parts per shard so that n * k is a multiple of the readers: every reader gets as many parts.
-        k = 1 if n >= readers else readers // math.gcd(n, readers)
-        return [(j, p, k) for j in range(n) for p in range(k)]
-
-    def _unit_size(self, unit: Unit) -> Optional[int]:
-        j, p, k = unit
-        return None if self.sizes[j] is None else len(range(p, self.sizes[j], k))
-
-    def _deal(self, units: list[Unit], order: np.ndarray, readers: int) -> list[list[Unit]]:
-        """Units per reader, in `order`: largest first to the reader with the fewest samples so far when
-        every size is known (equal shares however uneven the shards), round-robin otherwise."""
-        sizes = [self._unit_size(units[i]) for i in order]
-        if any(n is None for n in sizes):
-            return [[units[int(i)] for i in order[g::readers]] for g in range(readers)]
-        dealt: list[list[Unit]] = [[] for _ in range(readers)]
-        load = np.zeros(readers, np.int64)
-        for rank_in_order in np.argsort(-np.asarray(sizes), kind="stable"):  # ties keep the random order
-            g = int(np.argmin(load))
-            dealt[g].append(units[int(order[rank_in_order])])
-            load[g] += sizes[rank_in_order]
-        return dealt
-
     # ------------------------------------------------------------------ raw streams
     def _rng(self, *stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, *stream])
@@ -191,32 +103,10 @@ class CLIPStream(IterableDataset):
         for key, members in self.sources[si].iter_shard(url, counter):
             yield si, key, members
 
-    def _read_unit(self, unit: Unit, counter: SkipCounter) -> Iterator:
+    def _read_unit(self, unit: shard_plan.Unit, counter: SkipCounter) -> Iterator:
         j, p, k = unit
         items = self._read(j, counter)
         return items if k == 1 else (item for i, item in enumerate(items) if i % k == p)
-
-    def _interleave(self, units: list[Unit], counter: SkipCounter, rng: np.random.Generator) -> Iterator:
-        """The samples of `units`, each next one drawn from one of at most `data.open_shards` open units
-        with probability in proportion to the samples it has left (equal odds when sizes are unknown):
-        a run of samples mixes the shards as the whole set does, not one shard after another."""
-        pending, live = list(units), []  # live: [iterator, samples left (or None)]
-        while pending or live:
-            while pending and len(live) < max(1, self.cfg.open_shards):
-                unit = pending.pop(0)
-                live.append([self._read_unit(unit, counter), self._unit_size(unit)])
-            known = all(left is not None for _, left in live)
-            weights = np.array([max(left, 1) if known else 1 for _, left in live], np.float64)
-            pick = int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum(), side="right"))
-            pick = min(pick, len(live) - 1)
-            try:
-                item = next(live[pick][0])
-            except StopIteration:
-                live.pop(pick)
-                continue
-            if live[pick][1] is not None:
-                live[pick][1] -= 1
-            yield item
 
     def _train_passes(self, worker: int, counter: SkipCounter, rank: Optional[int] = None,
                       world_size: Optional[int] = None, num_workers: Optional[int] = None) -> Iterator[Iterator]:
@@ -233,15 +123,16 @@ class CLIPStream(IterableDataset):
         if self.cfg.resampled:
             yield self._resampled_raw(g, counter)
             return
-        units = self._units(G)
+        plan = shard_plan.units(len(self.shards), G)
         for pass_index in range(1_000_000):
-            order = self._rng(_PLAN_STREAM, pass_index).permutation(len(units))
-            mine = self._deal(units, order, G)[g]
+            order = self._rng(_PLAN_STREAM, pass_index).permutation(len(plan))
+            mine = shard_plan.deal(plan, self.sizes, order, G)[g]
             mix = self._rng(_MIX_STREAM, pass_index, g)
             got = []
 
             def one_pass():
-                for item in self._interleave(mine, counter, mix):
+                read = lambda unit: self._read_unit(unit, counter)  # noqa: E731
+                for item in shard_plan.interleave(mine, read, self.sizes, self.cfg.open_shards, mix):
                     got.append(True)
                     yield item
 
@@ -251,11 +142,7 @@ class CLIPStream(IterableDataset):
                                    f"{[self.shards[j][1] for j, _, _ in mine]} (all missing or unreadable)")
 
     def _resampled_raw(self, g: int, counter: SkipCounter, stream: int = _RESAMPLE_STREAM) -> Iterator:
-        per_source = np.array([len(s.shards) for s in self.sources], np.float64)
-        w = np.ones(len(self.sources)) if self.weights is None else np.asarray(self.weights, np.float64)
-        # A source's share of draws is its weight; within a source every shard is equally likely.
-        p = np.concatenate([np.full(int(n), wi / n) for wi, n in zip(w, per_source)])
-        p /= p.sum()
+        p = shard_plan.shard_draw_probabilities([len(s.shards) for s in self.sources], self.weights)
         rng = self._rng(stream, self.rank, g)
         empty = 0
         while True:
@@ -268,12 +155,12 @@ class CLIPStream(IterableDataset):
                 raise RuntimeError(f"{self.field}: 100 resampled shards in a row gave no samples")
 
     # ------------------------------------------------------------------ elastic resume
-    def _old_reader_rest(self, plan: ElasticPlan, g: int) -> Iterator:
+    def _old_reader_rest(self, plan: shard_plan.ElasticPlan, g: int) -> Iterator:
         """Old reader g's raw samples after its cursor, to the end of its first pass, in its order."""
         rank, worker = divmod(g, plan.num_workers)
         rng = self._rng(_SHUFFLE_STREAM, rank, worker)
         first_pass = next(self._train_passes(worker, SkipCounter(1.0), rank, plan.world_size, plan.num_workers))
-        stream = shuffle_buffer(first_pass, self.cfg.shuffle_buffer, rng)
+        stream = shard_plan.shuffle_buffer(first_pass, self.cfg.shuffle_buffer, rng)
         for _ in range(plan.cursors[rank][worker]):  # replay what that reader had consumed, no decoding
             if next(stream, None) is None:
                 return
@@ -287,15 +174,7 @@ class CLIPStream(IterableDataset):
         if any(n is None for n in self.sizes):
             raise ValueError(f"{self.field}: resuming on another topology needs every shard's size "
                              "(sizes.json or *_stats.json next to the shards)")
-        K = plan.num_workers
-        G = plan.world_size * K
-        units = self._units(G)
-        order = self._rng(_PLAN_STREAM, 0).permutation(len(units))  # the epoch's first pass
-        left = 0
-        for g, mine in enumerate(self._deal(units, order, G)):
-            first_pass = sum(self._unit_size(u) for u in mine)
-            left += max(0, first_pass - plan.cursors[g // K][g % K])
-        return left
+        return shard_plan.first_pass_left(plan, self.sizes, self._rng(_PLAN_STREAM, 0))  # the epoch's first pass
 
     def elastic_batches(self) -> int:
         """Batches each new rank yields for the rest of an elastically resumed epoch: its equal share of
@@ -322,12 +201,20 @@ class CLIPStream(IterableDataset):
                     i += 1
 
     # ------------------------------------------------------------------ decoding and batching
-    def _decode(self, si: int, key: str, members: dict):
+    def _decode_counted(self, item: tuple, counter: SkipCounter) -> Optional[tuple[np.ndarray, str, str]]:
+        """(pixels, caption, key) of one raw sample (si, key, members), counted as good; None, counted
+        under its skip reason, when it is bad. Randomness (crop, caption choice) is seeded by the key."""
+        si, key, members = item
         rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(key.encode()), si])
-        image, caption = self.sources[si].extract(members, rng)
-        pixels = decode_image(image, self.image_size, self.train, rng, self.cfg.max_image_pixels,
-                              self.cfg.draft_decode)
-        return pixels, caption
+        try:
+            image, caption = self.sources[si].extract(members, rng)
+            pixels = decode_image(image, self.image_size, self.train, rng, self.cfg.max_image_pixels,
+                                  self.cfg.draft_decode)
+        except BadSample as e:
+            counter.skip(e.reason)
+            return None
+        counter.ok()
+        return pixels, caption, key
 
     def _tokenize(self, captions: list[str]) -> torch.Tensor:
         if self.tokenizer is None:
@@ -336,9 +223,10 @@ class CLIPStream(IterableDataset):
             self.tokenizer = get_tokenizer()
         return self.tokenizer(captions, self.context_length)
 
-    def _batch(self, images, captions, keys, counter, meta) -> dict:
-        return {"image": torch.from_numpy(np.stack(images)), "text": self._tokenize(captions), "key": keys,
-                "skipped": counter.flush(), "_loader": meta}
+    def _batch(self, samples: list[tuple[np.ndarray, str, str]], counter: SkipCounter, meta: dict) -> dict:
+        images, captions, keys = zip(*samples)
+        return {"image": torch.from_numpy(np.stack(images)), "text": self._tokenize(list(captions)),
+                "key": list(keys), "skipped": counter.flush(), "_loader": meta}
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -353,7 +241,7 @@ class CLIPStream(IterableDataset):
         if not self.train:
             yield from self._iter_val(phys, counter)
             return
-        resume = self.resume or ResumePoint(0)
+        resume = self.resume or shard_plan.ResumePoint(0)
         # Rotate logical worker ids so the DataLoader's round-robin continues where the stopped run was.
         worker = (phys + resume.consumed) % K
         done = max(0, -(-(resume.consumed - worker) // K))
@@ -366,25 +254,21 @@ class CLIPStream(IterableDataset):
             quota = self.batches_per_worker()
             rng = self._rng(_SHUFFLE_STREAM, self.rank, worker)
             stream = (item for one in self._train_passes(worker, counter)
-                      for item in shuffle_buffer(one, self.cfg.shuffle_buffer, rng))
+                      for item in shard_plan.shuffle_buffer(one, self.cfg.shuffle_buffer, rng))
         for _ in range(cursor):  # replay without decoding
             next(stream)
         counter.total.clear(), counter.flush()
-        images, captions, keys = [], [], []
+        samples = []
         while done < quota:
-            si, key, members = next(stream)
             cursor += 1
-            try:
-                pixels, caption = self._decode(si, key, members)
-            except BadSample as e:
-                counter.skip(e.reason)
+            sample = self._decode_counted(next(stream), counter)
+            if sample is None:
                 continue
-            counter.ok()
-            images.append(pixels), captions.append(caption), keys.append(key)
-            if len(images) == self.batch_size:
+            samples.append(sample)
+            if len(samples) == self.batch_size:
                 done += 1
-                yield self._batch(images, captions, keys, counter, {"worker": worker, "cursor": cursor, "batch": done})
-                images, captions, keys = [], [], []
+                yield self._batch(samples, counter, {"worker": worker, "cursor": cursor, "batch": done})
+                samples = []
         counter.check(final=True)
 
     def _iter_val(self, worker: int, counter: SkipCounter) -> Iterator[dict]:
@@ -394,24 +278,21 @@ class CLIPStream(IterableDataset):
         between, including shards failing after the last sample, are reported with it.
         """
         G, g = self.world_size * self.num_workers, self.rank * self.num_workers + worker
-        images, captions, keys, ready, n = [], [], [], None, 0
+        samples, ready, n = [], None, 0
         for j in range(g, len(self.shards), G):
-            for si, key, members in self._read(j, counter):
-                try:
-                    pixels, caption = self._decode(si, key, members)
-                except BadSample as e:
-                    counter.skip(e.reason)
+            for item in self._read(j, counter):
+                sample = self._decode_counted(item, counter)
+                if sample is None:
                     continue
-                counter.ok()
                 if ready is not None:
-                    yield self._batch(*ready, counter, {"worker": worker, "cursor": 0, "batch": n})
+                    yield self._batch(ready, counter, {"worker": worker, "cursor": 0, "batch": n})
                     ready = None
-                images.append(pixels), captions.append(caption), keys.append(key)
-                if len(images) == self.batch_size:
+                samples.append(sample)
+                if len(samples) == self.batch_size:
                     n += 1
-                    ready, images, captions, keys = (images, captions, keys), [], [], []
+                    ready, samples = samples, []
         if ready is not None:
-            yield self._batch(*ready, counter, {"worker": worker, "cursor": 0, "batch": n})
-        if images:
-            yield self._batch(images, captions, keys, counter, {"worker": worker, "cursor": 0, "batch": n + 1})
+            yield self._batch(ready, counter, {"worker": worker, "cursor": 0, "batch": n})
+        if samples:
+            yield self._batch(samples, counter, {"worker": worker, "cursor": 0, "batch": n + 1})
         counter.check(final=True)

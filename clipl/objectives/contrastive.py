@@ -48,6 +48,15 @@ def effective_logit_scale(logit_scale: torch.Tensor, max_scale: Optional[float])
     return log_scale.exp()
 
 
+def check_pair_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    """Every objective's input check: one (B, D) image and one (B, D) text feature per pair."""
+    if image_features.shape != text_features.shape or image_features.ndim != 2:
+        raise ValueError(
+            "image_features and text_features must both be (B, D), got "
+            f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
+        )
+
+
 @dataclass
 class ClipLossConfig(ObjectiveConfig):
     """Symmetric cross-entropy over image->text and text->image logits (CLIP)."""
@@ -83,11 +92,7 @@ class ClipLoss(nn.Module):
         logit_scale: torch.Tensor,
         logit_bias: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        if image_features.shape != text_features.shape or image_features.ndim != 2:
-            raise ValueError(
-                "image_features and text_features must both be (B, D), got "
-                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
-            )
+        check_pair_features(image_features, text_features)
         # fp32 whatever the caller's precision: autocast would otherwise run the matmuls in bf16/fp16.
         with torch.autocast(device_type=image_features.device.type, enabled=False):
             image = image_features.float()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipl.objectives.contrastive import effective_logit_scale
+from clipl.objectives.contrastive import check_pair_features, effective_logit_scale
 from clipl.objectives.distributed import (
     bidir_shift_with_grad,
     check_equal_batch,
@@ -86,11 +86,7 @@ class SigLipLoss(nn.Module):
                 "SigLipLoss needs a logit_bias; build the model with model.init_logit_bias set "
                 "(SigLIP's init: model.init_logit_bias=-10 model.init_logit_scale=2.3026)"
             )
-        if image_features.shape != text_features.shape or image_features.ndim != 2:
-            raise ValueError(
-                "image_features and text_features must both be (B, D), got "
-                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
-            )
+        check_pair_features(image_features, text_features)
         # fp32 whatever the caller's precision: autocast would otherwise run the matmuls in bf16/fp16.
         with torch.autocast(device_type=image_features.device.type, enabled=False):
             image = image_features.float()
