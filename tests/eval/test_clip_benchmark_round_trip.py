@@ -117,7 +117,7 @@ def cb_folder(tiny_run):
 
 
 def test_clipl_eval_reads_clip_benchmark_layout(tiny_run, cb_folder, capsys):
-    from clipl.eval import cli
+    from clipl.cli import eval as cli
 
     tmp, _, ckpts, logged = tiny_run
     assert (cb_folder / "test" / "nshards.txt").is_file() and (cb_folder / "zeroshot_classification_templates.txt").is_file()

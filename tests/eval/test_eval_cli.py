@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from clipl.cli import eval as cli
 from clipl.config.io import to_container
 from clipl.config.schema import RunConfig
 from clipl.data.config import DataConfig, ShapesConfig
-from clipl.eval import cli
 from clipl.eval.config import EvalConfig
 from clipl.eval.runner import eval_mode, model_encoders, run_linear_probe, run_zero_shot
 from clipl.eval.specs import resolve, resolve_probe
