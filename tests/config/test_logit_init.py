@@ -109,3 +109,13 @@ def test_a_config_saved_before_the_move_rebuilds_its_model(objective, model_bias
     cfg = from_container(RunConfig, data)
     assert "init_logit_scale" not in to_container(cfg)["objective"]
     assert _built(cfg) == (pytest.approx(built[0]), None if built[1] is None else pytest.approx(built[1]))
+
+
+def test_a_recipe_file_building_siglip_without_a_model_bias_exits_2(tmp_path):
+    recipe = tmp_path / "siglip.py"
+    recipe.write_text("from clipl.config.schema import RunConfig\nfrom clipl.models import preset\n"
+                      "from clipl.objectives import SigLipLossConfig\n\n\n"
+                      "def config():\n    return RunConfig(model=preset('tiny_vit'), objective=SigLipLossConfig())\n")
+    with pytest.raises(ConfigError, match=rf"recipe {recipe}: objective 'siglip' needs a logit bias") as err:
+        resolve(recipe, ["data=shapes"])
+    assert len(str(err.value).splitlines()) == 1
