@@ -45,11 +45,26 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         if self.max_logit_scale is not None and self.max_logit_scale <= 0:
             raise ValueError(f"objective.max_logit_scale must be > 0 or null, got {self.max_logit_scale}")
+        _check_name(self)
 
 
 OBJECTIVES: Registry[tuple[type, type]] = Registry("objective")
 """name -> (objective config dataclass, module class built as ``cls(cfg)``). The built-in objectives
 register themselves when ``clipl.objectives`` (whose ``__init__`` imports them) is imported."""
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_name(cfg: ObjectiveConfig) -> None:
+    """``name`` is the discriminator of a registered config class: it must be that class's own name
+    (``objective.name=siglip`` on a ClipLossConfig would build neither loss). A class not registered
+    yet (while ``register_objective`` checks its default) is not checked."""
+    mine = [n for n in OBJECTIVES if _qualname(OBJECTIVES.get(n)[0]) == _qualname(type(cfg))]
+    if mine and cfg.name not in mine:
+        raise ValueError(f"objective.name={cfg.name!r} does not name this {type(cfg).__name__} ({mine[0]!r}); "
+                         f"switch objectives with objective=NAME (one of {', '.join(OBJECTIVES.names())})")
 
 
 def register_objective(name: str, config: type) -> Callable[[type], type]:

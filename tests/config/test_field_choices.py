@@ -50,6 +50,8 @@ CASES = [
      r"'none'\. Did you mean 'linear'", TimmImageConfig, {"proj": "lineer"}),
     ("objective", _base, "objective.max_logit_scale=0", r"objective\.max_logit_scale must be > 0 or null, got 0",
      ClipLossConfig, {"max_logit_scale": 0.0}),
+    ("objective", _base, "objective.name=siglip", r"objective\.name='siglip' does not name this ClipLossConfig "
+     r"\('clip'\); switch objectives with objective=NAME \(one of clip, siglip", ClipLossConfig, {"name": "siglip"}),
     ("data", _base, "data.table_rows_per_shard=0", r"data\.table_rows_per_shard must be >= 1, got 0",
      DataConfig, {"table_rows_per_shard": 0}),
     ("data", _base, "data.max_skip_rate=1.5", r"data\.max_skip_rate must be in \[0, 1\], got 1\.5",

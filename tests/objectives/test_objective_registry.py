@@ -52,8 +52,12 @@ def test_overrides_and_errors():
         objective_config("clip", max_logit_scal=1.0)
     with pytest.raises(KeyError, match="'siglip'"):
         objective_config("sigliip")
+    with pytest.raises(ValueError, match="objective.name='siglip' does not name this ClipLossConfig"):
+        ClipLossConfig(name="siglip")  # refused when made ...
+    renamed = ClipLossConfig()
+    renamed.name = "siglip"  # ... and, set afterwards (no __post_init__), when built
     with pytest.raises(TypeError, match="SigLipLossConfig"):
-        build_objective(ClipLossConfig(name="siglip"))
+        build_objective(renamed)
     with pytest.raises(ValueError, match="name"):
         objective_config("clip", name="siglip")
 
