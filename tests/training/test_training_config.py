@@ -94,3 +94,22 @@ def test_resume_keyword_typo_is_pointed_at(tmp_path):
         "checkpoint.resume=nevr: no such file or folder (or did you mean 'never'?)"]
     assert check_checkpoint("auto", "checkpoint.resume") == check_checkpoint("never", "checkpoint.resume") == []
     assert check_checkpoint(str(tmp_path), "checkpoint.resume") == []
+
+
+def test_the_leaf_imports_only_the_standard_library_and_clipl_registry():
+    """clipl.config's rule: clipl.distributed and clipl.config.schema import this module, so it must not
+    import what consumes it (the trainer, Lightning, clipl.distributed): that would be a circle again."""
+    import ast
+    import sys
+
+    import clipl.training as package
+    from clipl.training import config as leaf
+
+    imported = set()
+    for path in (leaf.__file__, package.__file__):  # importing the leaf runs the package's __init__ first
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module)
+    assert {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names} == {"clipl.registry"}
