@@ -16,6 +16,7 @@ from clipl.registry import Registry, check_literals, check_one_of
 
 Accelerator = Literal["auto", "cpu", "gpu", "cuda"]
 ProcessGroupBackend = Literal["nccl", "gloo", "mpi"]
+ZeroStage = Literal[1, 2, 3]
 LoggingBackend = Literal["wandb", "csv", "tensorboard", "none"]
 MonitorMode = Literal["max", "min"]
 
@@ -124,7 +125,7 @@ class TrainerConfig:
     """Number of machines; the world size is devices x num_nodes."""
     strategy: str = "auto"
     """'auto' (Lightning picks: single device, or DDP for several), 'ddp' or 'deepspeed' (ZeRO)."""
-    zero_stage: int = 2
+    zero_stage: ZeroStage = 2
     """DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also parameters."""
     offload_optimizer: bool = False
     """DeepSpeed only: keep optimizer states in host memory and step them with DeepSpeedCPUAdam."""
@@ -203,11 +204,10 @@ class TrainerConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field for any invalid value or combination."""
-        check_literals(self, "trainer")  # accelerator, process_group_backend
+        check_literals(self, "trainer")  # accelerator, zero_stage, process_group_backend
         parse_devices(self.devices)
         _check(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "an integer >= 1")
         check_one_of("trainer.strategy", self.strategy, strategy_names())
-        _check(self.zero_stage in (1, 2, 3), "trainer.zero_stage", self.zero_stage, "1, 2 or 3")
         check_one_of("trainer.precision", self.precision, PRECISIONS)
         if self.strategy != "deepspeed":
             for name in ("offload_optimizer", "offload_params"):

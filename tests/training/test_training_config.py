@@ -50,6 +50,15 @@ def test_bad_enum_on_the_command_line_exits_2_with_one_line(section, field, bad,
     assert len(lines) == 1 and lines[0].startswith("error: " + _one_of(section, field, bad, near, choices)), lines
 
 
+def test_zero_stage_is_one_of_three_integers(capsys, monkeypatch):
+    with pytest.raises(ValueError, match=r"^trainer\.zero_stage=4 is not one of 1, 2, 3\.$"):
+        TrainerConfig(zero_stage=4)
+    monkeypatch.chdir(REPO)
+    assert cli.main(["config", "quickstart", "trainer.zero_stage=0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: trainer.zero_stage='0' is not one of 1, 2, 3."]
+    assert parse(TrainerConfig(), ["zero_stage=3"]).zero_stage == 3
+
+
 @pytest.mark.parametrize("override, message", [
     ("checkpoint.every_n_steps=0", "checkpoint.every_n_steps must be >= 1, got 0"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last must be -1 (keep all) or >= 1, got 0"),
