@@ -28,6 +28,7 @@ from clipl.data.transforms import normalize
 from clipl.distributed.plan import BatchPlan
 from clipl.models.clip import CLIPOutput
 from clipl.objectives import effective_logit_scale
+from clipl.ranks import LOCAL
 from clipl.rng import gather_rng_states, set_rng_state
 from clipl.step_stats import StepStats, Window, in_batch_accuracy, mean_over_ranks
 
@@ -90,6 +91,10 @@ class CLIPModule(L.LightningModule):
             # objective's own cross-rank check (an all-gather read by the host every step) is redundant.
             objective = dataclasses.replace(objective, check_batch_sizes=False)
         self.objective = build_objective(objective)
+        # Validation batches (data.val) get the same loss, over each rank's own batch: no gathers, so
+        # a short last batch or an uneven split of the val set across ranks cannot hang a collective.
+        self.val_objective = build_objective(objective)
+        self.val_objective.group = LOCAL
         model = CLIPModel.from_config(self.config.model)
         if self.config.model.init_from:  # pretrained towers (a resumed checkpoint still overwrites them)
             from clipl.models.init_from import init_from
@@ -125,11 +130,11 @@ class CLIPModule(L.LightningModule):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Any:
         return self.model(images, tokens)
 
-    def compute_loss(self, out: Any) -> torch.Tensor:
-        """The objective in fp32, outside autocast, whatever the training precision."""
+    def compute_loss(self, out: Any, objective: Optional[torch.nn.Module] = None) -> torch.Tensor:
+        """The objective (default: the training one) in fp32, outside autocast, whatever the precision."""
         bias = out.logit_bias.float() if out.logit_bias is not None else None
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.objective(
+            return (objective or self.objective)(
                 out.image_features.float(), out.text_features.float(), out.logit_scale.float(), bias
             )
 
@@ -177,6 +182,15 @@ class CLIPModule(L.LightningModule):
         if logging_step:
             self._log_step(step)
         return step.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """val/loss (the objective over each rank's batch of ``trainer.micro_batch_size``) and in-batch
+        top-1 retrieval both ways, averaged over the validation set and all ranks."""
+        out = self._encode(batch)
+        i2t, t2i = in_batch_accuracy(out.image_features, out.text_features)
+        for name, value in (("loss", self.compute_loss(out, self.val_objective)), ("acc_i2t", i2t), ("acc_t2i", t2i)):
+            self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=out.image_features.shape[0])
 
     def _encode(self, micro: dict) -> Any:
         return self.model(self._images(micro), micro["text"])

@@ -14,14 +14,27 @@ from typing import Optional
 import torch.distributed as dist
 
 
+class _Local:
+    """The group of this process alone (see :data:`LOCAL`)."""
+
+    def __repr__(self) -> str:
+        return "clipl.ranks.LOCAL"
+
+
+LOCAL = _Local()
+"""A group argument meaning "this process alone": :func:`rank_and_world` answers (0, 1) for it inside a
+process group too, so code written for groups (the objectives) computes a per-rank quantity without
+collectives, as validation's in-batch loss does on each rank's own batches."""
+
+
 def initialized() -> bool:
     """True when a default process group exists."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank_and_world(group: Optional["dist.ProcessGroup"] = None) -> tuple[int, int]:
-    """(rank, world size) in ``group`` (default: the world); (0, 1) without a process group."""
-    if not initialized():
+    """(rank, world size) in ``group`` (default: the world); (0, 1) without a process group or for LOCAL."""
+    if group is LOCAL or not initialized():
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipl.objectives import build_objective, distributed, objective_config
+from clipl.ranks import LOCAL
 
 B, D_IMG, D_TXT, EMBED = 4, 6, 5, 8
 OBJECTIVES = ("clip", "siglip")
@@ -91,6 +92,15 @@ def _worker(rank, world_size, init_file, out_path):
             results[objective, "unequal"] = None
         except ValueError as err:
             results[objective, "unequal"] = str(err)
+        # group=LOCAL (validation's per-rank loss): no collective, so unequal batches neither hang nor
+        # fail, and each rank's loss is that of its own batch alone.
+        loss = build_objective(objective_config(objective))
+        loss.group = LOCAL
+        with torch.no_grad():
+            mine = loss(*_model()(images[local][:n], texts[local][:n]))
+        every = [None] * world_size
+        dist.all_gather_object(every, mine)
+        results[objective, "local"] = every
     if rank == 0:
         torch.save(results, out_path)
     dist.barrier()
@@ -130,3 +140,9 @@ def test_distributed_equals_global_batch(world_size):
         message = results[objective, "unequal"]
         assert message is not None and "same local batch size" in message
         assert str([B] * (world_size - 1) + [B - 1]) in message
+        for r, got in enumerate(results[objective, "local"]):
+            n = B - 1 if r == world_size - 1 else B
+            rows = slice(r * B, r * B + n)
+            with torch.no_grad():
+                want = build_objective(objective_config(objective))(*_model()(images[rows], texts[rows]))
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
