@@ -280,6 +280,10 @@ def main(argv=None) -> None:
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: clipl's table on CUDA)")
     parser.add_argument("--json", action="store_true", help="one JSON line per preset instead of the table")
     args = parser.parse_args(argv)
+    if args.warmup == 0 and args.trainer_rounds != 0:
+        # Trainer.fit rounds time from the end of the last warm-up step (the first step's start is
+        # not observable from a callback without a sync before it), so they need one.
+        parser.error("--warmup 0 needs --trainer-rounds 0: Trainer rounds time from the last warm-up step")
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     torch.set_num_threads(args.threads)
