@@ -78,26 +78,13 @@ def recipe_config(module: ModuleType, recipe: str | Path) -> Any:
 def resolve(recipe: str | Path, overrides: list[str] | None = None) -> tuple[ModuleType, Any]:
     """The recipe module and its validated config with ``overrides`` applied."""
     module = load_recipe(recipe)
-    return module, checked(parse(recipe_config(module, recipe), overrides))
+    return module, parse(recipe_config(module, recipe), overrides)  # sections validate themselves
 
 
 def resolve_batch_plan(trainer: Any) -> BatchPlan:
     """The run's batch plan from its TrainerConfig and world; an impossible one is a ConfigError."""
     try:
         return plan_for(trainer)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def checked(cfg: Any) -> Any:
-    """``cfg`` after the checks that span fields (ConfigError on the first that fails)."""
-    _check_combinations(cfg)
-    return cfg
-
-
-def _check_combinations(cfg: Any) -> None:
-    try:
-        cfg.trainer.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

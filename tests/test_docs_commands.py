@@ -86,7 +86,7 @@ DOC_COMMANDS: dict[str, tuple[str, str]] = {
         ("skip", GPU + " (DeepSpeed); tests/gpu/test_deepspeed_gpu.py"),
     "srun lightning run recipes/rn50x4.py --devices 8 --num-nodes 4 "
     "data.train='/data/laion/{00000..41407}.tar'":
-        ("skip", "a SLURM cluster; tests/test_slurm.py simulates two srun ranks"),
+        ("skip", "a SLURM cluster; tests/training/test_slurm.py simulates two srun ranks"),
     "clipl convert runs/vit_l14/checkpoints/last.ckpt vit_l14_fp32.ckpt --openai vit_l14_openai.pt":
         ("skip", "a DeepSpeed ZeRO checkpoint (GPU training); tests/distributed/test_convert.py converts CPU ones"),
     "lightning run recipes/rn50x4.py [--devices N --num-nodes M --node-rank R --main-address H --main-port P "

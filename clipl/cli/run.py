@@ -66,7 +66,7 @@ def cmd_config(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from clipl.config.parse import missing_problems, parse, structured
-    from clipl.run import checked, load_recipe, recipe_config, resolve_batch_plan
+    from clipl.run import load_recipe, recipe_config, resolve_batch_plan
 
     if not argv:
         raise ConfigError("usage: clipl config RECIPE.py [--devices N] [--num-nodes M] [key=value ...]")
@@ -84,7 +84,7 @@ def cmd_config(argv: list[str]) -> int:
         for problem in missing:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
-    cfg = checked(parse(base, overrides))
+    cfg = parse(base, overrides)
     plan = resolve_batch_plan(cfg.trainer)
     print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
     print(f"# {plan.describe()}")  # a YAML comment: the output stays a loadable config
