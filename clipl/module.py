@@ -42,7 +42,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _as_run_config(config: Any) -> Any:
-    from clipl.config.io import from_container
+    from clipl.codec import from_container
     from clipl.config.schema import RunConfig
 
     return config if isinstance(config, RunConfig) else from_container(RunConfig, dict(config))
@@ -59,7 +59,7 @@ class CLIPModule(L.LightningModule):
 
     def __init__(self, config: Any, plan: Optional[BatchPlan] = None) -> None:
         super().__init__()
-        from clipl.config.io import to_container
+        from clipl.codec import to_container
 
         self.config = _as_run_config(config)
         # Plain containers only, so checkpoints load with torch.load(weights_only=True). The plan is

@@ -2,7 +2,7 @@
 
     clipl convert ZERO_DIR OUT.ckpt [--openai OUT.pt] [--tag TAG] [--overwrite] [--half]
 
-The work is clipl.distributed.convert's; this module only reads the arguments.
+The work is clipl.distributed.convert's (and clipl.models.export's); this module only reads the arguments.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from clipl.distributed.convert import convert_zero_checkpoint, export_openai
+from clipl.distributed.convert import convert_zero_checkpoint
+from clipl.models.export import export_openai
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -65,13 +65,14 @@ def load_for_eval(
     Hugging Face folders carry their architecture; a bare state dict needs ``preset`` (a clipl
     preset or an open_clip model name), see clipl.models.weights.load_model.
     """
+    from clipl.config.io import run_config_from
     from clipl.models.weights import load_checkpoint
 
     p = Path(path[len("local-dir:"):] if path.startswith("local-dir:") else path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
     model, src = load_checkpoint(path, model=preset, trust_torchscript=trust_torchscript)
-    run_cfg = src.run_config
+    run_cfg = run_config_from(src.saved_config)
     if run_cfg is not None and run_cfg.trainer.channels_last:
         # The run's evaluation callbacks saw channels_last convolutions, whose float rounding
         # differs; the same layout reproduces their numbers exactly (a linear probe's penalty

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from clipl.data.config import DataConfig
 from clipl.eval.config import EvalConfig
-from clipl.models.config import ModelConfig
+from clipl.models.config import ModelConfig, move_legacy_logit_init
 from clipl.objectives import ClipLossConfig
 from clipl.objectives.registry import check_model_fits
 from clipl.optim import OptimConfig
@@ -54,12 +54,4 @@ class RunConfig:
         fields. Until 0.x the initial temperature/bias could also be set on the objective, and the model
         took the objective's pair when the objective had a bias and the model none; that pair moves to
         the model here, so old runs resume and old checkpoints rebuild the exact model they trained."""
-        objective = data.get("objective")
-        if not isinstance(objective, dict) or not {"init_logit_scale", "init_logit_bias"} & set(objective):
-            return data
-        objective = dict(objective)
-        scale, bias = objective.pop("init_logit_scale", None), objective.pop("init_logit_bias", None)
-        model = dict(data.get("model") or {})
-        if bias is not None and model.get("init_logit_bias") is None:
-            model.update(init_logit_bias=bias, **({} if scale is None else {"init_logit_scale": scale}))
-        return {**data, "model": model, "objective": objective}
+        return move_legacy_logit_init(data)  # shared with clipl.models.sources, which reads no RunConfig

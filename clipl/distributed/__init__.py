@@ -1,7 +1,7 @@
 """Distributed training helpers: DeepSpeed configs, a DeepSpeed scalar-parameter fix, ZeRO conversion."""
 
 from clipl.distributed.compat import patch_deepspeed_scalar_broadcast
-from clipl.distributed.convert import convert_zero_checkpoint, export_openai, openai_state_dict
+from clipl.distributed.convert import convert_zero_checkpoint
 from clipl.distributed.deepspeed import (
     deepspeed_config,
     drops_nonfinite_steps,
@@ -16,9 +16,7 @@ __all__ = [
     "convert_zero_checkpoint",
     "deepspeed_config",
     "drops_nonfinite_steps",
-    "export_openai",
     "lightning_deepspeed_config",
-    "openai_state_dict",
     "optimizer_class_for",
     "patch_deepspeed_scalar_broadcast",
     "skip_step_loss",

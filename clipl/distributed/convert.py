@@ -5,10 +5,12 @@ tag folder (``checkpoint/``) with per-rank ``*_model_states.pt`` and ``*_optim_s
 master weights live, partitioned, in the optimizer states; DeepSpeed's public
 ``get_fp32_state_dict_from_zero_checkpoint`` reassembles them without a GPU or a process group.
 
-    clipl convert ZERO_DIR OUT.ckpt [--openai OUT.pt] [--tag TAG] [--overwrite]
+    clipl convert ZERO_DIR OUT.ckpt [--openai OUT.pt] [--tag TAG] [--overwrite]   (clipl.cli.convert)
 
 To hand weights to other tools (open_clip folders, Hugging Face, OpenAI layout) from any source,
-ZeRO folders included, use ``clipl export`` (clipl.models.export). The command line is clipl.cli.convert.
+ZeRO folders included, use ``clipl export`` (clipl.models.export, which also holds ``export_openai``:
+a clipl checkpoint -> OpenAI-layout weights). This module knows nothing of the model: clipl.models
+reads ZeRO folders through it, never the other way.
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _save_new(obj: Any, out: Path, overwrite: bool, metadata: Optional[dict] = None) -> Path:
+def save_new(obj: Any, out: Path, overwrite: bool, metadata: Optional[dict] = None) -> Path:
+    """torch.save ``obj`` (safetensors for a ``.safetensors`` path, with ``metadata``) to ``out`` atomically;
+    an existing ``out`` is kept unless ``overwrite``."""
     if out.exists() and not overwrite:
         raise FileExistsError(f"{str(out)!r} exists; pass --overwrite (overwrite=True) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,47 +151,4 @@ def convert_zero_checkpoint(
         "deepspeed_version": str(client.get("ds_version", "")),
         "from_module_copy": filled,
     }
-    return _save_new(checkpoint, out, overwrite)
-
-
-def openai_state_dict(ckpt: Union[PathLike, Mapping], prefix: str = "model.") -> dict[str, torch.Tensor]:
-    """The CLIPModel weights of a clipl/Lightning checkpoint (path or dict) with ``prefix`` stripped."""
-    if not isinstance(ckpt, Mapping):
-        ckpt = torch.load(Path(ckpt), map_location="cpu", weights_only=True)
-    sd = ckpt.get("state_dict", ckpt)
-    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    if "logit_scale" not in out or not any(k.startswith("visual.") for k in out):
-        raise KeyError(
-            f"no CLIP model under prefix {prefix!r} (need 'visual.*' and 'logit_scale'); "
-            f"first keys: {list(sd)[:5]}"
-        )
-    return out
-
-
-def export_openai(
-    ckpt: Union[PathLike, Mapping], path: PathLike, *, prefix: str = "model.", half: bool = False,
-    overwrite: bool = False,
-) -> Path:
-    """Write the OpenAI-layout state dict (``visual.*``, ``transformer.*``, ``logit_scale`` ...) to ``path``.
-
-    ``.safetensors`` paths are written as safetensors, anything else with torch.save; ``half`` stores
-    floating tensors in fp16 as OpenAI released them.
-    """
-    if not isinstance(ckpt, Mapping):
-        ckpt = torch.load(Path(ckpt), map_location="cpu", weights_only=True)
-    sd = openai_state_dict(ckpt, prefix)
-    if half:
-        sd = {k: v.half() if torch.is_floating_point(v) else v for k, v in sd.items()}
-    cfg = None
-    if isinstance(ckpt.get("hyper_parameters"), Mapping) and "config" in ckpt["hyper_parameters"]:
-        from clipl.models.sources import checkpoint_config
-
-        cfg = checkpoint_config(ckpt["hyper_parameters"], str(path))[0]
-    # The architecture travels with the weights (clipl.models.metadata): header or <file>.json.
-    from clipl.models.metadata import METADATA_KEY, config_to_json, write_sidecar
-
-    meta = {"format": "pt", METADATA_KEY: config_to_json(cfg)} if cfg is not None else None
-    out = _save_new(sd, Path(path), overwrite, metadata=meta)
-    if cfg is not None and out.suffix != ".safetensors":
-        write_sidecar(out, cfg)
-    return out
+    return save_new(checkpoint, out, overwrite)

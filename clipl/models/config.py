@@ -36,3 +36,22 @@ class ModelConfig:
     """With init_from: every weight must match this model (keys, shapes and, where the source
     records it, the architecture incl. activation and heads). False loads whatever matches by name
     and shape (e.g. one tower) and reports what was left out."""
+
+
+def move_legacy_logit_init(run_data: dict) -> dict:
+    """A saved run config in plain form (config.yaml, a checkpoint's hyper_parameters["config"]) with the
+    initial temperature/bias of an older clipl's objective section moved to the model section.
+
+    Until 0.x the pair could also be set on the objective, and the model took the objective's pair
+    when the objective had a bias and the model none. RunConfig.upgrade_legacy applies this, and so does
+    clipl.models.sources, which reads a checkpoint's model section without the RunConfig.
+    """
+    objective = run_data.get("objective")
+    if not isinstance(objective, dict) or not {"init_logit_scale", "init_logit_bias"} & set(objective):
+        return run_data
+    objective = dict(objective)
+    scale, bias = objective.pop("init_logit_scale", None), objective.pop("init_logit_bias", None)
+    model = dict(run_data.get("model") or {})
+    if bias is not None and model.get("init_logit_bias") is None:
+        model.update(init_logit_bias=bias, **({} if scale is None else {"init_logit_scale": scale}))
+    return {**run_data, "model": model, "objective": objective}

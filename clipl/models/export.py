@@ -11,6 +11,9 @@ folder, a weights file, an open_clip or Hugging Face folder). Formats:
   "local-dir:OUT")`` opens it, as does clip_benchmark (``--model local-dir:OUT``).
 - ``hf``: OUT is a new folder that ``transformers.CLIPModel``, ``CLIPTokenizerFast`` and
   ``CLIPProcessor`` ``.from_pretrained(OUT)`` open (ViT image tower + clipl's text tower only).
+
+``export_openai`` writes the OpenAI-layout weights of a clipl checkpoint file or dict directly (what
+``clipl convert --openai`` does after consolidating a ZeRO folder).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Optional, Union
 
 import torch
 
 FORMATS = ("openai", "open_clip", "hf")
+PathLike = Union[str, os.PathLike]
 
 
 def _new_folder(out: Path, write) -> Path:
@@ -82,3 +87,47 @@ def export(
     except ImportError as err:
         raise ImportError("--format hf needs transformers: pip install 'clipl[hf]'") from err
     return _new_folder(out, lambda tmp: write_hf_dir(tmp, cfg, sd))
+
+
+def openai_state_dict(ckpt: Union[PathLike, Mapping], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """The CLIPModel weights of a clipl/Lightning checkpoint (path or dict) with ``prefix`` stripped."""
+    if not isinstance(ckpt, Mapping):
+        ckpt = torch.load(Path(ckpt), map_location="cpu", weights_only=True)
+    sd = ckpt.get("state_dict", ckpt)
+    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if "logit_scale" not in out or not any(k.startswith("visual.") for k in out):
+        raise KeyError(
+            f"no CLIP model under prefix {prefix!r} (need 'visual.*' and 'logit_scale'); "
+            f"first keys: {list(sd)[:5]}"
+        )
+    return out
+
+
+def export_openai(
+    ckpt: Union[PathLike, Mapping], path: PathLike, *, prefix: str = "model.", half: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write the OpenAI-layout state dict (``visual.*``, ``transformer.*``, ``logit_scale`` ...) to ``path``.
+
+    ``.safetensors`` paths are written as safetensors, anything else with torch.save; ``half`` stores
+    floating tensors in fp16 as OpenAI released them.
+    """
+    if not isinstance(ckpt, Mapping):
+        ckpt = torch.load(Path(ckpt), map_location="cpu", weights_only=True)
+    sd = openai_state_dict(ckpt, prefix)
+    if half:
+        sd = {k: v.half() if torch.is_floating_point(v) else v for k, v in sd.items()}
+    cfg = None
+    if isinstance(ckpt.get("hyper_parameters"), Mapping) and "config" in ckpt["hyper_parameters"]:
+        from clipl.models.sources import checkpoint_config
+
+        cfg = checkpoint_config(ckpt["hyper_parameters"], str(path))
+    # The architecture travels with the weights (clipl.models.metadata): header or <file>.json.
+    from clipl.distributed.convert import save_new
+    from clipl.models.metadata import METADATA_KEY, config_to_json, write_sidecar
+
+    meta = {"format": "pt", METADATA_KEY: config_to_json(cfg)} if cfg is not None else None
+    out = save_new(sd, Path(path), overwrite, metadata=meta)
+    if cfg is not None and out.suffix != ".safetensors":
+        write_sidecar(out, cfg)
+    return out

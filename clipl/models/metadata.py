@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from clipl.codec import from_container, to_container
 from clipl.models.config import ModelConfig
 
 METADATA_KEY = "clipl_model_config"
@@ -42,15 +43,11 @@ def without_training_fields(cfg: ModelConfig, temperature: bool = False) -> Mode
 def config_to_dict(cfg: ModelConfig) -> dict:
     """A ModelConfig as plain JSON-able data (towers carry their ``arch`` discriminator); training-only
     fields are left at their defaults, so an export describes the model, not how it was trained."""
-    from clipl.config.io import to_container
-
     return to_container(without_training_fields(cfg))
 
 
 def config_from_dict(data: dict, source: str = "metadata") -> ModelConfig:
     """The ModelConfig written by :func:`config_to_dict`; a clear error for foreign data."""
-    from clipl.config.io import from_container
-
     try:
         return from_container(ModelConfig, dict(data))
     except (KeyError, TypeError, ValueError) as err:

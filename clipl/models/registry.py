@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from clipl.codec import register_discriminator
 from clipl.registry import Registry, did_you_mean
 
 # Importing these registers the built-in architectures and presets; done on the first look-up so that
@@ -60,6 +61,10 @@ def list_archs() -> list[str]:
 def tower_config_class(arch: str) -> type:
     """The config dataclass registered for ``arch``."""
     return ARCHS.get(arch)[0]
+
+
+# A plain tower config carries its `arch`: clipl.codec reads it back into this class.
+register_discriminator("arch", tower_config_class)
 
 
 def build_tower(cfg: Any, embed_dim: int) -> nn.Module:

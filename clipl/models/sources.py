@@ -19,7 +19,8 @@ from typing import Any, Optional, Union
 
 import torch
 
-from clipl.models.config import ModelConfig
+from clipl.codec import from_container
+from clipl.models.config import ModelConfig, move_legacy_logit_init
 from clipl.models.metadata import read_recorded_config
 
 PathLike = Union[str, Path]
@@ -44,8 +45,9 @@ class Source:
     path: Path
     step: Optional[int] = None
     """The optimizer step of a training checkpoint."""
-    run_config: Any = None
-    """A clipl checkpoint's whole RunConfig (None if absent or from an incompatible schema)."""
+    saved_config: Optional[dict] = None
+    """A clipl checkpoint's whole run config as plain data (its ``hyper_parameters["config"]``);
+    clipl.config.io.run_config_from reads it into a RunConfig."""
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -79,20 +81,13 @@ def unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def checkpoint_config(hp: dict, source: str) -> tuple[ModelConfig, Any]:
-    """(model config, RunConfig or None) from a clipl checkpoint's hyper_parameters."""
-    from clipl.config.io import from_container
-
+def checkpoint_config(hp: dict, source: str) -> ModelConfig:
+    """The model a clipl checkpoint's run built: the model section of its ``hyper_parameters["config"]``
+    (an older clipl's objective temperature/bias moved in, as RunConfig.upgrade_legacy does). Only that
+    section is read, so a checkpoint whose other sections come from another run schema still loads."""
     try:
-        from clipl.config.schema import RunConfig
-
-        run_cfg = from_container(RunConfig, dict(hp["config"]))
-    except Exception:  # an older or foreign run schema: the model section alone still suffices
-        run_cfg = None
-    if run_cfg is not None:
-        return run_cfg.model, run_cfg
-    try:
-        return from_container(ModelConfig, dict(hp["config"]["model"])), None
+        saved = move_legacy_logit_init(dict(hp["config"]))
+        return from_container(ModelConfig, dict(saved["model"]))
     except (KeyError, TypeError) as err:
         raise ValueError(f"{source}: checkpoint hyper_parameters lack a readable config.model ({err}); "
                          "not a clipl checkpoint? pass preset= to name the architecture") from err
@@ -116,9 +111,10 @@ def _read_torch_file(path: Path, trust_torchscript: bool) -> Source:
             f"tensors ({err}). Re-save its state_dict() with torch.save or safetensors."
         ) from err
     if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict) and "config" in obj["hyper_parameters"]:
-        cfg, run_cfg = checkpoint_config(obj["hyper_parameters"], str(path))
+        cfg = checkpoint_config(obj["hyper_parameters"], str(path))
         sd = unwrap(obj, str(path))
-        return Source(sd, cfg, "clipl_checkpoint", path, obj.get("global_step"), run_cfg)
+        saved = dict(obj["hyper_parameters"]["config"])
+        return Source(sd, cfg, "clipl_checkpoint", path, obj.get("global_step"), saved)
     return Source(unwrap(obj, str(path)), read_recorded_config(path), "torch", path)
 
 

@@ -209,7 +209,7 @@ def load_checkpoint(
     trust_torchscript: bool = False,
 ) -> tuple[nn.Module, Source]:
     """(CLIPModel in fp32 with the weights of ``path``, what was read); see :func:`load_model`."""
-    from clipl.models import build_model
+    from clipl.models.clip import CLIPModel  # not clipl.models.build_model: the package imports this module
 
     if preset is not None and model is not None:
         raise ValueError("pass preset= or model=, not both")
@@ -225,7 +225,7 @@ def load_checkpoint(
     cfg = explicit or src.config
     if cfg is None:
         _refuse_bare(src)
-    net = build_model(cfg)
+    net = CLIPModel.from_config(cfg)
     check_state_dict(net, src.state_dict, source=str(path))
     net.load_state_dict(src.state_dict, strict=True)
     return net, src

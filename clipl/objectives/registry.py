@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
+from clipl.codec import register_discriminator
 from clipl.registry import Registry, did_you_mean
 
 
@@ -100,6 +101,10 @@ def list_objectives() -> list[str]:
 def objective_config_class(name: str) -> type:
     """The config dataclass registered for objective ``name``."""
     return _lookup(name)[0]
+
+
+# A plain objective config carries its `name`: clipl.codec reads it back into this class.
+register_discriminator("name", objective_config_class)
 
 
 def objective_config(name: str, /, **overrides) -> ObjectiveConfig:

@@ -11,7 +11,8 @@ import torch
 pytest.importorskip("deepspeed")
 
 from clipl.cli.convert import main  # noqa: E402
-from clipl.distributed.convert import convert_zero_checkpoint, export_openai, openai_state_dict  # noqa: E402
+from clipl.distributed.convert import convert_zero_checkpoint  # noqa: E402
+from clipl.models.export import export_openai, openai_state_dict  # noqa: E402
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))

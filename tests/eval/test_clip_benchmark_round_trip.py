@@ -49,11 +49,12 @@ def tiny_run(tmp_path_factory):
 
 
 def _shape_split(run_dir: Path):
+    from clipl.config.io import run_config_from
     from clipl.eval.specs import resolve
     from clipl.models.sources import read_source
 
     ckpt = next(p for p in run_dir.rglob("*.ckpt") if p.is_file())
-    shapes = read_source(ckpt).run_config.data.shapes
+    shapes = run_config_from(read_source(ckpt).saved_config).data.shapes
     return resolve("shapes:shape", "zeroshot", shapes)[0]
 
 

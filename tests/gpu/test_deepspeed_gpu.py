@@ -51,7 +51,8 @@ def test_lightning_deepspeed_bf16_fit_convert_reload(stage, tmp_path):
     from deepspeed.utils import safe_get_full_fp32_param
 
     from clipl.data.transforms import normalize
-    from clipl.distributed.convert import convert_zero_checkpoint, openai_state_dict
+    from clipl.distributed.convert import convert_zero_checkpoint
+    from clipl.models.export import openai_state_dict
     from clipl.models.clip import CLIPModel
     from clipl.module import CLIPModule
     from clipl.training.trainer import build_trainer
