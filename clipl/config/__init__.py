@@ -12,8 +12,10 @@ upward to reach one. Each field has a docstring and its default; enum-like strin
 
 This package only composes (schema.py: RunConfig from the section leaves), reads and writes (io.py),
 parses overrides (parse.py), validates across sections and against the machine (validate.py) and
-documents (reference.py, docs/config.md). It is the top layer below the CLI: it may import every
-section leaf, and the packages it composes never import it.
+documents (reference.py, docs/config.md). It sits above the section leaves and the domain packages
+it composes (they never import it: clipl.codec, a leaf, is the dataclass <-> dict codec they share)
+and below the training code, clipl.run and the CLI, which read the composed RunConfig (CLIPModule
+rebuilds it from a checkpoint's hyper_parameters); it never imports them (tests/test_architecture.py).
 """
 
 from clipl.config.io import from_container, load_config, save_config, to_container
