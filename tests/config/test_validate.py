@@ -1,5 +1,6 @@
-"""Fail fast: ten newcomer mistakes each exit 2 within seconds, one line per problem, no traceback,
-and nothing is built (no run directory appears). A few go through the real `lightning` script."""
+"""Fail fast: ten newcomer mistakes each exit 2 before anything is built (no model, no Trainer, no
+checkpoint read, no run directory), one line per problem, no traceback. A few go through the real
+`lightning` script. (How fast that is, is a property of what is skipped, asserted here, not a timing.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,14 +42,31 @@ def test_every_mistake_is_listed(tmp_path):
     assert sorted(_mistakes(tmp_path)) == sorted(MISTAKES)
 
 
-def _check(rc: int, err: str, fields: list[str], seconds: float, run_dir: Path) -> None:
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Building a model or a Trainer, or reading a checkpoint, fails the test: validation must come first."""
+    import lightning
+    import torch
+
+    from clipl.models.clip import CLIPModel
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{what} before the config was validated")
+        return fail
+
+    monkeypatch.setattr(CLIPModel, "from_config", classmethod(refuse("a model was built")))
+    monkeypatch.setattr(lightning.Trainer, "__init__", refuse("a Trainer was built"))
+    monkeypatch.setattr(torch, "load", refuse("a checkpoint was read"))
+
+
+def _check(rc: int, err: str, fields: list[str], run_dir: Path) -> None:
     assert rc == 2, err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == len(fields), err  # one line per problem, nothing else
     for line, field in zip(lines, fields):
         assert line.startswith("error: ") and field in line, err
-    assert seconds < 10, f"{seconds:.1f} s"
     assert not run_dir.exists()  # nothing was built or written
 
 
@@ -59,7 +76,7 @@ MISTAKES = ["misspelt key", "wrong type", "missing data path", "empty brace patt
 
 
 @pytest.mark.parametrize("name", MISTAKES)
-def test_newcomer_mistake_exits_2_in_seconds(name, tmp_path, capsys, monkeypatch):
+def test_newcomer_mistake_exits_2_before_anything_is_built(name, tmp_path, capsys, monkeypatch, nothing_built):
     if name.startswith("gpu") and validate_mod.cuda_device_count() > 0:
         pytest.skip("this machine has a GPU")
     monkeypatch.chdir(REPO)
@@ -69,10 +86,8 @@ def test_newcomer_mistake_exits_2_in_seconds(name, tmp_path, capsys, monkeypatch
     run_dir = tmp_path / "run"
     if not any(a.startswith("out_dir=") for a in args):
         args = args + [f"out_dir={run_dir}"]
-    t0 = time.perf_counter()
     rc = cli.main(["run", *args])
-    seconds = time.perf_counter() - t0
-    _check(rc, capsys.readouterr().err, fields, seconds, run_dir)
+    _check(rc, capsys.readouterr().err, fields, run_dir)
 
 
 def _lightning_script() -> str:
@@ -88,13 +103,12 @@ def test_mistakes_through_the_lightning_script(name, tmp_path):
     run_dir = tmp_path / "run"
     if not any(a.startswith("out_dir=") for a in args):
         args = args + [f"out_dir={run_dir}"]
-    t0 = time.perf_counter()
     proc = subprocess.run([_lightning_script(), "run", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    _check(proc.returncode, proc.stderr, fields, time.perf_counter() - t0, run_dir)
+    _check(proc.returncode, proc.stderr, fields, run_dir)
 
 
-def test_all_problems_are_reported_together(tmp_path, capsys, monkeypatch):
+def test_all_problems_are_reported_together(tmp_path, capsys, monkeypatch, nothing_built):
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(validate_mod, "cuda_device_count", lambda: 0)
     (tmp_path / "a_file").write_text("x")
@@ -105,7 +119,7 @@ def test_all_problems_are_reported_together(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     fields = ["data.train", "data.val", "eval.zeroshot[0]", "eval.linear_probe[1]", "trainer.accelerator",
               "checkpoint.resume", "model.init_from", "out_dir"]
-    _check(rc, err, fields, 0.0, tmp_path / "a_file" / "r")
+    _check(rc, err, fields, tmp_path / "a_file" / "r")
     # and bad overrides are all reported, not only the first
     rc = cli.main(["config", "quickstart", "trainer.max_stepz=1", "optim.lr=fast", "model=nope", "oops"])
     lines = capsys.readouterr().err.splitlines()
@@ -165,14 +179,13 @@ def test_unsupported_lightning_precision_names_the_field():
         TrainerConfig(precision="64")
 
 
-def test_clipl_eval_fails_fast_listing_every_problem(tmp_path, capsys, monkeypatch):
+def test_clipl_eval_fails_fast_listing_every_problem(tmp_path, capsys, monkeypatch, nothing_built):
     monkeypatch.setattr(validate_mod, "cuda_device_count", lambda: 0)
     (tmp_path / "a_file").write_text("x")
-    t0 = time.perf_counter()
     rc = cli.main(["eval", str(tmp_path / "nope.ckpt"), "--zeroshot", str(tmp_path / "classes"),
                    "--linear-probe", "shapes:size", "--out", str(tmp_path / "a_file" / "out"), "--device", "cuda"])
     err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err and time.perf_counter() - t0 < 10
+    assert rc == 2 and "Traceback" not in err
     lines = err.splitlines()
     assert [line.split(":")[1].split()[0] for line in lines] == ["checkpoint=" + str(tmp_path / "nope.ckpt"),
                                                                  "--zeroshot", "--linear-probe", "--out", "--device"]
