@@ -225,6 +225,35 @@ def parse(base: Any, overrides: list[str] | None = None) -> Any:
     if missing:
         raise ConfigProblems(missing)
     try:
-        return OmegaConf.to_object(node)  # runs the dataclasses' own validation (__post_init__)
+        cfg = OmegaConf.to_object(node)  # runs the dataclasses' own validation (__post_init__)
     except (OmegaConfBaseException, ValueError) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+    problems = tower_problems(getattr(cfg, "model", None))
+    if problems:
+        raise ConfigProblems(problems)
+    return cfg
+
+
+def tower_problems(model: Any) -> list[str]:
+    """One line per tower whose ``arch`` is unknown or names another architecture than its fields.
+
+    ``model.image.arch=vit`` on a ResNet recipe changes the name only: the fields stay a ResNet's, so
+    the build would fail deep inside (or, for two configs of the same shape, build the wrong tower).
+    """
+    from clipl.models.registry import ARCHS, tower_config_class
+
+    problems = []
+    for side in ("image", "text"):
+        tower = getattr(model, side, None)
+        arch = getattr(tower, "arch", None)
+        if arch is None:
+            continue
+        field = f"model.{side}.arch"
+        if arch not in ARCHS:
+            problems.append(str(ARCHS.unknown(arch, field)).strip("\"'"))
+        elif not isinstance(tower, tower_config_class(arch)):
+            problems.append(
+                f"{field}={arch}: the {side} tower's other fields are a {type(tower).__name__}, not a "
+                f"{tower_config_class(arch).__name__}; switch architectures with a preset: "
+                f"model.{side}=PRESET or model=PRESET (`clipl.models.list_presets()`)")
+    return problems

@@ -126,3 +126,25 @@ def test_removed_batch_fields_name_their_replacement(key, replacement, tmp_path)
                        f"from {module} import {cls}\n\n\ndef config():\n    {first}{body}\n")
         with pytest.raises(ConfigError, match=rf"{key} was removed.*{replacement}"):
             resolve(old, ["data=shapes"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.image.arch=vit_nope", r"model.image.arch='vit_nope' is not a known tower architecture. Did you mean 'vit'"),
+    ("model.image.arch=modified_resnet", r"model.image.arch=modified_resnet: the image tower's other fields are a "
+                                         r"ViTConfig, not a ModifiedResNetConfig; .*model.image=PRESET"),
+    ("model.text.arch=hf_text", r"model.text.arch=hf_text: the text tower's other fields are a TextTransformerConfig"),
+])
+def test_a_tower_arch_that_its_fields_do_not_match_is_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(base(), [override])
+    # A recipe that sets it in Python gets the same line.
+    bad = base()
+    side, arch = override.split(".")[1], override.split("=")[1]
+    setattr(getattr(bad.model, side), "arch", arch)
+    with pytest.raises(ConfigError, match=message):
+        parse(bad, [])
+
+
+def test_switching_a_tower_by_preset_still_works():
+    cfg = parse(base(), ["model.image=tiny_rn"])
+    assert cfg.model.image.arch == "modified_resnet" and type(cfg.model.image).__name__ == "ModifiedResNetConfig"
