@@ -14,6 +14,9 @@ FILTERED_WARNINGS: dict[str, str] = {
     # CLIPStream's __len__ is exact: every worker reads its own shards (split by rank and worker id)
     # and yields the same fixed number of batches, the very configuration the warning asks for.
     r"Your `IterableDataset` has `__len__` defined": "clipl's stream length is exact per worker",
+    # CLIPModule always defines validation_step (it scores data.val, or any loader given to
+    # trainer.validate); a run without a validation set simply has nothing to validate.
+    r"You defined a `validation_step` but have no `val_dataloader`": "validation runs when data.val is set",
     # Lightning's own code calling a torch API deprecated in torch 2.9+; nothing a user can change.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated": "inside Lightning (torch deprecation)",
 }

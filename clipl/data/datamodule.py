@@ -70,8 +70,8 @@ class CLIPDataModule(L.LightningDataModule):
         self._train: Optional[CLIPStream] = None
         self._val: Optional[CLIPStream] = None
         if cfg.val is None:
-            # No validation set: no val_dataloader hook at all, so Lightning does not warn that the
-            # loader it would call has no validation_step to feed.
+            # No validation set: no val_dataloader hook at all, so Lightning skips the val loop (its
+            # "validation_step but no val_dataloader" notice is filtered in clipl.quiet).
             self.val_dataloader = None
 
     # ------------------------------------------------------------------ topology
