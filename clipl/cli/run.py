@@ -65,7 +65,7 @@ def cmd_run(argv: list[str], prog: str = "clipl run") -> int:
 def cmd_config(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from clipl.config.parse import missing_problems, parse, structured
+    from clipl.config.parse import missing_problems, structured, to_config
     from clipl.run import load_recipe, recipe_config, resolve_batch_plan
 
     if not argv:
@@ -84,7 +84,7 @@ def cmd_config(argv: list[str]) -> int:
         for problem in missing:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
-    cfg = parse(base, overrides)
+    cfg = to_config(node)  # the same node: the overrides are applied once
     plan = resolve_batch_plan(cfg.trainer)
     print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
     print(f"# {plan.describe()}")  # a YAML comment: the output stays a loadable config

@@ -220,7 +220,11 @@ def missing_problems(node: Any) -> list[str]:
 
 def parse(base: Any, overrides: list[str] | None = None) -> Any:
     """The recipe's dataclass config with ``overrides`` applied, validated, as dataclasses again."""
-    node = structured(base, overrides)
+    return to_config(structured(base, overrides))
+
+
+def to_config(node: Any) -> Any:
+    """A :func:`structured` node as validated dataclasses (ConfigProblems for unset mandatory fields)."""
     missing = missing_problems(node)
     if missing:
         raise ConfigProblems(missing)
@@ -251,9 +255,9 @@ def tower_problems(model: Any) -> list[str]:
         field = f"model.{side}.arch"
         if arch not in ARCHS:
             problems.append(str(ARCHS.unknown(arch, field)).strip("\"'"))
-        elif not isinstance(tower, tower_config_class(arch)):
+        elif not isinstance(tower, wanted := tower_config_class(arch)):
             problems.append(
                 f"{field}={arch}: the {side} tower's other fields are a {type(tower).__name__}, not a "
-                f"{tower_config_class(arch).__name__}; switch architectures with a preset: "
+                f"{wanted.__name__}; switch architectures with a preset: "
                 f"model.{side}=PRESET or model=PRESET (`clipl.models.list_presets()`)")
     return problems

@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from clipl.ranks import is_distributed, rank_and_world  # noqa: F401  (re-exported for the runner)
-
-
+from clipl.ranks import is_distributed, rank_and_world
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import torch
 
-from clipl.eval.dist import all_reduce_sum, gather_sorted, rank_and_world
+from clipl.eval.dist import all_reduce_sum, gather_sorted
+from clipl.ranks import rank_and_world
 
 
 def _hits(queries: torch.Tensor, keys: torch.Tensor, best_positive, ks: Sequence[int], chunk_size: int, split: bool) -> torch.Tensor:

@@ -18,12 +18,13 @@ from torch import nn
 from clipl.data.transforms import normalize
 from clipl.eval.config import EvalConfig
 from clipl.eval.datasets import EvalImageDataset, EvalSet, loader
-from clipl.eval.dist import broadcast_from_zero, gather_sorted, rank_and_world
+from clipl.eval.dist import broadcast_from_zero, gather_sorted
 from clipl.eval.linear_probe import LinearProbeResult, linear_probe
 from clipl.eval.prompts import load_templates
 from clipl.eval.retrieval import gather_retrieval_features, retrieval_metrics, top_texts
 from clipl.eval.specs import ProbeSet
 from clipl.eval.zero_shot import ZeroShotCounter, classifier_weights, metrics_from_counts
+from clipl.ranks import rank_and_world
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from clipl.eval.dist import all_gather_rows, all_reduce_sum, rank_and_world
+from clipl.eval.dist import all_gather_rows, all_reduce_sum
+from clipl.ranks import rank_and_world
 
 EncodeText = Callable[[torch.Tensor], torch.Tensor]
 Tokenize = Callable[[list[str]], torch.Tensor]
